@@ -1,0 +1,162 @@
+"""One layer of the top-down pass (method.md section 2): exemplars, attribution, core neurons
+(fixed tau or the adaptive eps rule), sub-concepts and their edge weights."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .attribution import integrated_gradients
+from .circuit import Node, SubConcept, _frozen_map
+from .clustering import silhouette_clusters
+from .config import NeurFlowConfig
+from .crops import CropPool
+from .errors import NeurFlowError
+from .layers import LayerGraph, response
+from .progress import progress
+
+log = logging.getLogger(__name__)
+N_DISPLAY = 5
+
+
+def top_exemplars(resp: np.ndarray, node: int, k: int) -> np.ndarray:
+    """The node's top-k crops by response, best first (torch.topk order, as published)."""
+    if resp.shape[0] < k:
+        raise NeurFlowError("top_k", f"at most the number of crops ({resp.shape[0]})", k,
+                            "lower --top-k or give more class images")
+    return torch.topk(torch.from_numpy(resp[:, node]), k).indices.numpy()
+
+
+def channel_mask(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """[M, C] masks applied to [B, C, ...] (or [B, T, C]) -> [M * B, ...]."""
+    if x.ndim == 3:
+        view = masks[:, None, None, :]
+    else:
+        view = masks.view(masks.shape[0], 1, masks.shape[1], *([1] * (x.ndim - 2)))
+    return (x.unsqueeze(0) * view).flatten(0, 1)
+
+
+def attribute(graph: LayerGraph, pool: CropPool, upper: str, lower: str, exemplars: dict,
+              cfg: NeurFlowConfig, quiet: bool = True) -> tuple[dict, np.ndarray]:
+    """IG matrix S_n [k, C_lower] for every node, and the completeness gaps."""
+    crops = np.unique(np.concatenate(list(exemplars.values())))
+    where = {int(c): i for i, c in enumerate(crops)}
+    requests = [[] for _ in crops]
+    for n, ex in exemplars.items():
+        for c in ex:
+            requests[where[int(c)]].append(n)
+    prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+    scores, gaps = {}, []
+    per_crop = {}
+    chunk = max(1, cfg.batch_size)
+    bar = progress(total=len(crops), desc=f"IG {upper}", quiet=quiet, unit="crop")
+    for start in range(0, len(crops), chunk):
+        idx = crops[start:start + chunk]
+        with torch.no_grad():
+            acts, *extras = prefix(pool.get(idx).to(cfg.device))
+        res = integrated_gradients(segment, acts, extras, requests[start:start + chunk],
+                                   steps=cfg.ig_steps, batch_size=cfg.batch_size)
+        for i, c in enumerate(idx):
+            per_crop[int(c)] = dict(zip(requests[start + i], res.scores[i]))
+        rel = np.abs(res.gaps())
+        denom = np.abs(np.concatenate(res.deltas)) if res.deltas else np.zeros(0)
+        gaps.append(np.stack([rel, denom], axis=1) if len(rel) else np.zeros((0, 2)))
+        bar.update(len(idx))
+    bar.close()
+    for n, ex in exemplars.items():
+        scores[n] = np.stack([per_crop[int(c)][n] for c in ex])
+    return scores, np.concatenate(gaps) if gaps else np.zeros((0, 2))
+
+
+def rank_core(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower channels ranked by mean |IG| over the exemplars (stable on ties), and the means."""
+    imp = np.abs(s).mean(axis=0)
+    order = np.argsort(-imp, kind="stable")
+    return order, imp
+
+
+def adaptive_lengths(graph: LayerGraph, pool: CropPool, upper: str, lower: str, ranked: dict,
+                     exemplars: dict, eps: float, cfg: NeurFlowConfig, quiet: bool = True) -> dict:
+    """The adaptive eps rule, all (node, r) masks batched over the pool: returns node -> r."""
+    nodes = list(ranked)
+    pairs = [(n, r) for n in nodes for r in range(1, len(ranked[n]) + 1)]
+    if not pairs:
+        return {}
+    prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+    k = len(next(iter(exemplars.values())))
+    out = np.zeros((len(pairs), len(pool)), dtype=np.float32)
+    with torch.no_grad():
+        acts0, *_ = prefix(pool.get([0]).to(cfg.device))
+    c_low = acts0.shape[-1] if acts0.ndim == 3 else acts0.shape[1]
+    masks = torch.ones(len(pairs), c_low, device=cfg.device)
+    for i, (n, r) in enumerate(pairs):
+        masks[i, torch.as_tensor(ranked[n][:r], dtype=torch.long)] = 0
+    chans = torch.as_tensor([n for n, _ in pairs], device=cfg.device)
+    bar = progress(total=len(pool), desc=f"adaptive tau {upper}", quiet=quiet, unit="crop")
+    for idx, crops in pool.batches(cfg.batch_size):
+        with torch.no_grad():
+            acts, *extras = prefix(crops.to(cfg.device))
+            per = max(1, cfg.batch_size // len(idx))
+            for m0 in range(0, len(pairs), per):
+                mk = masks[m0:m0 + per]
+                x = channel_mask(acts, mk)
+                ex = [e.repeat(mk.shape[0], *([1] * (e.ndim - 1))) for e in extras]
+                resp = response(segment(x, *ex)).view(mk.shape[0], len(idx), -1)
+                sel = resp[torch.arange(mk.shape[0]), :, chans[m0:m0 + per]]
+                out[m0:m0 + per, idx] = sel.cpu().numpy()
+        bar.update(len(idx))
+    bar.close()
+    lengths, i = {}, 0
+    for n in nodes:
+        top = set(int(c) for c in exemplars[n])
+        overlaps = []
+        for _ in ranked[n]:
+            after = torch.topk(torch.from_numpy(out[i]), k).indices.numpy()
+            overlaps.append(len(top.intersection(int(c) for c in after)) / k)
+            i += 1
+        limit = min(overlaps) + eps
+        lengths[n] = next((r + 1 for r, o in enumerate(overlaps) if o < limit), len(overlaps))
+    return lengths
+
+
+def normalise(raw: dict, rule: str) -> dict:
+    """Edge weights: L1 over the core set, or the published in-place rule (``reference``)."""
+    if rule == "l1":
+        total = sum(abs(v) for v in raw.values())
+        return {j: (v / total if total > 0 else 0.0) for j, v in raw.items()}
+    out = dict(raw)
+    for j in out:  # each later denominator already holds the normalised earlier values
+        out[j] = out[j] / (sum(abs(v) for v in out.values()) + 1e-7)
+    return out
+
+
+@dataclass
+class NodeFit:
+    node: Node
+    vectors: np.ndarray     # concept vectors [n_sub, C_lower]
+
+
+def fit_node(n: int, s: np.ndarray, ex: np.ndarray, core: np.ndarray, imp: np.ndarray,
+             resp_up: np.ndarray, resp_low: np.ndarray, cfg: NeurFlowConfig) -> NodeFit:
+    """Sub-concepts of node ``n``: Ward + silhouette on the exemplars' lower responses."""
+    x = resp_low[ex]
+    labels = silhouette_clusters(x, cfg.max_sub_concepts, cfg.monosemantic_threshold)
+    subs, vectors = [], []
+    for lab in range(int(labels.max()) + 1):
+        members = np.nonzero(labels == lab)[0]
+        sub_x = x[members][:, core]
+        centre = sub_x.mean(axis=0)
+        dist = np.sqrt(((sub_x - centre) ** 2).sum(axis=1))
+        nearest = set(members[np.argsort(dist, kind="stable")[:N_DISPLAY]].tolist())
+        display = tuple(int(ex[i]) for i in range(len(ex)) if i in nearest)
+        raw = {int(j): float(s[members, j].mean()) for j in core}
+        subs.append(SubConcept(
+            id=lab, exemplars=tuple(int(ex[i]) for i in members), display_exemplars=display,
+            activation=float(resp_up[ex[members], n].astype(np.float64).mean()),
+            weights=_frozen_map(normalise(raw, cfg.edge_norm)), raw_weights=_frozen_map(raw)))
+        vectors.append(x[members].astype(np.float64).mean(axis=0))
+    node = Node(index=int(n), core=tuple(int(j) for j in core), sub_concepts=tuple(subs),
+                exemplars=tuple(int(c) for c in ex), importance=tuple(float(imp[j]) for j in core))
+    return NodeFit(node, np.stack(vectors))

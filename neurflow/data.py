@@ -1,0 +1,85 @@
+"""Class images (``predicted`` / ``labelled`` as the target) and crop thumbnails."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import NeurFlowError
+
+THUMB = 64
+
+
+def predict(full, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    outs = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            o = full(images[start:start + batch_size].to(device))
+            if not isinstance(o, torch.Tensor):
+                raise NeurFlowError("model", "a model whose forward returns a logits tensor", type(o).__name__)
+            outs.append(o.float().cpu())
+    logits = torch.cat(outs)
+    if not torch.isfinite(logits).all():
+        raise NeurFlowError("model", "finite outputs", "NaN or inf logits", "check the weights and the input transform")
+    return logits
+
+
+def select_class_images(images, logits, labels, target: int, selection: str):
+    """The class images and their indices in ``images``."""
+    if selection == "labelled":
+        if labels is None:
+            raise NeurFlowError("selection", "labels for 'labelled' selection", "data without labels",
+                                "use --selection predicted or give labelled data")
+        keep = (torch.as_tensor(labels) == target).nonzero().flatten()
+        what = "labelled as"
+    else:
+        keep = (logits.argmax(1) == target).nonzero().flatten()
+        what = "predicted as"
+    if keep.numel() == 0:
+        top = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).topk(min(3, logits.shape[1]))
+        common = ", ".join(f"{int(c)} ({int(n)} images)" for n, c in zip(top.values, top.indices) if n > 0)
+        raise NeurFlowError("--target", f"a class with at least one image {what} it", target,
+                            f"no image is {what} {target}; most predicted: {common}")
+    return images[keep], keep.numpy()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] floats -> [N, H, W, 3] uint8, scaled per channel over the whole set."""
+    x = images.detach().float().cpu()
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    x = x[:, :3]
+    lo = x.amin(dim=(0, 2, 3), keepdim=True)
+    hi = x.amax(dim=(0, 2, 3), keepdim=True)
+    if 0 <= float(lo.min()) and float(hi.max()) <= 1:
+        lo, hi = torch.zeros_like(lo), torch.ones_like(hi)
+    x = (x - lo) / (hi - lo).clamp_min(1e-8)
+    return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def thumbnails(pool, indices) -> dict:
+    """PNG bytes of the crops ``indices`` (as the model saw them), at most THUMB px."""
+    out = {}
+    if not len(indices):
+        return out
+    x = pool.images.detach().float()  # scale by the per-channel range of the class images
+    lo = x.amin(dim=(0, 2, 3), keepdim=True)
+    hi = x.amax(dim=(0, 2, 3), keepdim=True)
+    for idx, crops in pool.batches(64, indices):
+        c = crops.float()
+        if not (0 <= float(lo.min()) and float(hi.max()) <= 1):
+            c = (c - lo) / (hi - lo).clamp_min(1e-8)
+        arr = (c.clamp(0, 1) * 255).round().byte()
+        if arr.shape[1] == 1:
+            arr = arr.repeat(1, 3, 1, 1)
+        arr = arr[:, :3].permute(0, 2, 3, 1).numpy()
+        for i, a in zip(idx, arr):
+            img = Image.fromarray(a)
+            if img.size[0] > THUMB:
+                img = img.resize((THUMB, THUMB), Image.BILINEAR)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            out[int(i)] = buf.getvalue()
+    return out

@@ -1,0 +1,68 @@
+"""Layer-wide neuron groups, group-to-group weights and the traced circuit (method.md section 3)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .circuit import Group, Layer
+from .clustering import silhouette_clusters
+
+
+def layer_groups(keys: list, vectors: np.ndarray, max_groups: int = 100,
+                 n_groups: int | None = None, single: bool = False) -> tuple[np.ndarray, list[Group]]:
+    """Cluster the (node, sub-concept) concept vectors of one layer by Ward.
+
+    Returns the label of each key and the groups; members are ordered by distance to the group
+    centre (the first ones are the group's representatives).  ``single``: one group (the class).
+    """
+    if single or len(keys) <= 1:
+        labels = np.zeros(len(keys), dtype=np.int64)
+    else:
+        labels = silhouette_clusters(vectors, max_groups, fixed=n_groups)
+    groups = []
+    for g in range(int(labels.max()) + 1 if len(keys) else 0):
+        rows = np.nonzero(labels == g)[0]
+        centre = vectors[rows].mean(axis=0)
+        dist = np.sqrt(((vectors[rows] - centre) ** 2).sum(axis=1))
+        rows = rows[np.argsort(dist, kind="stable")]
+        members = tuple((int(keys[r][0]), int(keys[r][1])) for r in rows)
+        neurons = tuple(dict.fromkeys(m[0] for m in members))
+        groups.append(Group(id=g, members=members, neurons=neurons))
+    return labels, groups
+
+
+def group_edges(upper: Layer, lower: Layer, rule: str = "published") -> dict:
+    """Weight from each group G of ``upper`` to each group g of ``lower``: the sum over members
+    (n, s) of G and core neurons j of n of w_{n,s->j}, counted once per sub-concept of j in g
+    (``published``) or once per neuron j that has a sub-concept in g (``once``)."""
+    count: dict = {}
+    for j, node in lower.nodes.items():
+        for sc in node.sub_concepts:
+            count.setdefault(j, {}).setdefault(sc.group, 0)
+            count[j][sc.group] += 1
+    edges = {}
+    for G in upper.groups:
+        row: dict = {}
+        for n, s in G.members:
+            sc = upper.nodes[n].sub_concepts[s]
+            for j, w in sc.weights.items():
+                for g, c in count.get(j, {}).items():
+                    row[g] = row.get(g, 0.0) + w * (c if rule == "published" else 1)
+        edges[G.id] = dict(sorted(row.items()))
+    return edges
+
+
+def trace(layers: list[Layer], top_n: int) -> list[tuple[str, tuple]]:
+    """From the class group(s) down: at each layer keep the ``top_n`` groups with the largest
+    summed weight from the groups kept above."""
+    if not layers:
+        return []
+    kept = tuple(g.id for g in layers[0].groups)
+    out = [(layers[0].name, kept)]
+    for upper, lower in zip(layers, layers[1:]):
+        score: dict = {g.id: 0.0 for g in lower.groups}
+        for G in kept:
+            for g, w in upper.group_edges.get(G, {}).items():
+                score[g] = score.get(g, 0.0) + w
+        kept = tuple(sorted(score, key=lambda g: (-score[g], g))[:top_n])
+        out.append((lower.name, kept))
+    return out
