@@ -1,0 +1,123 @@
+"""Read a DATA spec: an image folder (ImageFolder layout or flat) or a ``.pt`` file holding an
+image tensor [N, 3, H, W] or a dict with ``images`` and ``labels``."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import NeurFlowError
+
+log = logging.getLogger(__name__)
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRANSFORMS = ("imagenet", "none")
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    class_names: list | None = None
+    files: list | None = None
+    skipped: int = 0
+    spec: str = ""
+
+
+def imagenet_transform(img: Image.Image) -> torch.Tensor:
+    """Resize the shorter side to 256, centre-crop 224, normalise (ImageNet statistics)."""
+    w, h = img.size
+    s = 256 / min(w, h)
+    img = img.resize((max(224, round(w * s)), max(224, round(h * s))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - 224) // 2, (h - 224) // 2
+    img = img.crop((left, top, left + 224, top + 224))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+def plain_transform(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def load_data(spec: str, transform: str | None = None) -> Dataset:
+    if transform is not None and transform not in TRANSFORMS:
+        raise NeurFlowError("--transform", " or ".join(TRANSFORMS), transform)
+    path = Path(spec)
+    if not path.exists():
+        raise NeurFlowError("--data", "an image folder or a .pt file", spec, "no such file or directory")
+    if path.is_file():
+        return _from_pt(path)
+    return _from_folder(path, transform or "imagenet")
+
+
+def _from_pt(path: Path) -> Dataset:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise NeurFlowError("--data", "a .pt file holding a tensor or a dict of tensors (weights_only)", str(path),
+                            str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "unreadable") from None
+    labels = names = None
+    if isinstance(obj, dict):
+        if "images" not in obj:
+            raise NeurFlowError("--data", "a dict with an 'images' tensor", sorted(obj)[:5])
+        images, labels, names = obj["images"], obj.get("labels"), obj.get("class_names")
+    else:
+        images = obj
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3, 4):
+        raise NeurFlowError("--data", "an image tensor [N, 3, H, W]", getattr(images, "shape", type(images)))
+    if images.shape[0] == 0:
+        raise NeurFlowError("--data", "at least one image", "an empty tensor")
+    images = images.float()
+    if images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
+    elif images.shape[1] == 4:
+        images = images[:, :3]
+    if labels is not None:
+        labels = torch.as_tensor(labels).long()
+    return Dataset(images, labels, list(names) if names else None, spec=str(path))
+
+
+def _from_folder(path: Path, transform: str) -> Dataset:
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = []
+    if subdirs:
+        names = [d.name for d in subdirs]
+        for label, d in enumerate(subdirs):
+            entries += [(f, label) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_EXT]
+    else:
+        names = None
+        entries = [(f, None) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_EXT]
+    if not entries:
+        raise NeurFlowError("--data", "a folder with images (flat or one sub-folder per class)", str(path),
+                            f"no files with extensions {', '.join(sorted(IMAGE_EXT))}")
+    fn = imagenet_transform if transform == "imagenet" else plain_transform
+    images, labels, files, skipped = [], [], [], 0
+    for f, label in entries:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("RGB")
+                if min(im.size) < 8:
+                    raise ValueError("image smaller than 8 px")
+                images.append(fn(im))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            skipped += 1
+            log.warning("skipped %s: %s", f.name, exc)
+            continue
+        labels.append(label)
+        files.append(str(f.relative_to(path)))
+    if not images:
+        raise NeurFlowError("--data", "at least one readable image", str(path), f"all {skipped} files were unreadable")
+    if len({tuple(x.shape) for x in images}) > 1:
+        raise NeurFlowError("--transform", "images of one size, or the 'imagenet' transform", "none",
+                            "the images have different sizes; use --transform imagenet")
+    if skipped:
+        log.warning("skipped %d unreadable image(s) of %d", skipped, len(entries))
+    lab = torch.tensor(labels) if names else None
+    return Dataset(torch.stack(images), lab, names, files, skipped, str(path))

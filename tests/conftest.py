@@ -1,0 +1,66 @@
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+
+class SkipNet(nn.Module):
+    """Tiny CNN whose skip connection (stem -> after block2) jumps over the analysed block2."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(12, 8, 3, padding=1), nn.ReLU())
+        self.block3 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x):
+        s = self.stem(x)
+        a = self.block1(s)
+        b = self.block2(a) + s
+        c = self.block3(b)
+        return self.head(torch.flatten(c.mean((2, 3)), 1))
+
+
+SKIP_LAYERS = ["head", "block3", "block2", "block1"]
+
+
+@pytest.fixture
+def skipnet():
+    torch.manual_seed(0)
+    return SkipNet().eval()
+
+
+@pytest.fixture
+def tiny_images():
+    torch.manual_seed(1)
+    return torch.randn(6, 3, 16, 16)
+
+
+def majority_class(model, images):
+    with torch.no_grad():
+        return int(torch.mode(model(images).argmax(1)).values)
+
+
+def model_state(model):
+    """Everything fit() must leave as it was: parameters bitwise, hooks, flags."""
+    return {
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                     for m in model.modules()),
+        "devices": {k: str(p.device) for k, p in model.named_parameters()},
+    }
+
+
+def assert_same_state(a, b):
+    assert a["params"].keys() == b["params"].keys()
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
+    for key in ("requires_grad", "training", "hooks", "devices"):
+        assert a[key] == b[key], key
