@@ -51,28 +51,32 @@ def integrated_gradients(
     alphas_t = torch.as_tensor(alphas, dtype=acts.dtype, device=acts.device)
     weights_t = torch.as_tensor(weights, dtype=acts.dtype, device=acts.device)
     c_low = acts.shape[-1] if acts.ndim == 3 else acts.shape[1]
-    scores = [torch.zeros(len(r), c_low, dtype=torch.float64) for r in requests]
-    totals = [torch.zeros(len(r), dtype=torch.float64) for r in requests]
-    deltas = [np.zeros(len(r)) for r in requests]
+    counts = np.asarray([len(r) for r in requests], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])     # (row, g) -> flat slot offsets[row] + g
+    chan_of_slot = np.asarray([c for r in requests for c in r], dtype=np.int64)
+    n_slots = int(offsets[-1])
+    scores = torch.zeros(n_slots, c_low, dtype=torch.float64)
+    totals = torch.zeros(n_slots, dtype=torch.float64)
+    deltas = np.zeros(n_slots)
 
     # h(A) and h(0) for the completeness gap
     with torch.no_grad():
         for start in range(0, n_rows, batch_size):
             sl = slice(start, start + batch_size)
             ex = [e[sl] for e in extras]
-            full = response(segment(acts[sl], *ex)).double().cpu()
-            zero = response(segment(torch.zeros_like(acts[sl]), *ex)).double().cpu()
-            for i in range(full.shape[0]):
-                req = list(requests[start + i])
-                deltas[start + i] = (full[i, req] - zero[i, req]).numpy()
+            diff = (response(segment(acts[sl], *ex)) - response(segment(torch.zeros_like(acts[sl]), *ex)))
+            diff = diff.double().cpu().numpy()
+            for i in range(diff.shape[0]):
+                row = start + i
+                deltas[offsets[row]:offsets[row + 1]] = diff[i, requests[row]]
 
     # items = (row, step); rows sorted by their number of requests so a sub-batch is homogeneous
-    order = sorted(range(n_rows), key=lambda r: -len(requests[r]))
-    order = [r for r in order if len(requests[r])]
+    order = [r for r in np.argsort(-counts, kind="stable") if counts[r]]
     item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
     item_step = np.tile(np.arange(steps), len(order))
     for start in range(0, len(item_row), batch_size):
-        rows = torch.from_numpy(item_row[start:start + batch_size]).to(acts.device)
+        rows_np = item_row[start:start + batch_size]
+        rows = torch.from_numpy(rows_np).to(acts.device)
         stp = torch.from_numpy(item_step[start:start + batch_size]).to(acts.device)
         base = acts[rows]
         shape = (-1,) + (1,) * (base.ndim - 1)
@@ -80,20 +84,17 @@ def integrated_gradients(
         ex = [e[rows] for e in extras]
         with torch.enable_grad():
             r = response(segment(x, *ex))
-            rows_np = rows.cpu().numpy()
-            n_slots = max(len(requests[row]) for row in rows_np)
-            for g in range(n_slots):
-                have = [i for i, row in enumerate(rows_np) if len(requests[row]) > g]
+            item_counts = counts[rows_np]
+            for g in range(int(item_counts.max())):
+                have = np.nonzero(item_counts > g)[0]
+                slot = offsets[rows_np[have]] + g
+                idx = torch.from_numpy(have).to(r.device)
                 go = torch.zeros_like(r)
-                idx = torch.as_tensor(have, device=r.device)
-                chans = torch.as_tensor([requests[rows_np[i]][g] for i in have], device=r.device)
-                go[idx, chans] = weights_t[stp[idx]]
-                (grad,) = torch.autograd.grad(r, x, go, retain_graph=g < n_slots - 1)
-                attr = base * grad
-                contrib = response(attr).double().cpu()
-                tot = attr.flatten(1).sum(1).double().cpu()
-                for i in have:
-                    row = rows_np[i]
-                    scores[row][g] += contrib[i]
-                    totals[row][g] += tot[i]
-    return IGResult([s.numpy() for s in scores], [t.numpy() for t in totals], deltas)
+                go[idx, torch.from_numpy(chan_of_slot[slot]).to(r.device)] = weights_t[stp[idx]]
+                (grad,) = torch.autograd.grad(r, x, go, retain_graph=g < int(item_counts.max()) - 1)
+                attr = (base[idx] * grad[idx])
+                slot_t = torch.from_numpy(slot)
+                scores.index_add_(0, slot_t, response(attr).double().cpu())
+                totals.index_add_(0, slot_t, attr.flatten(1).sum(1).double().cpu())
+    split = lambda a: [a[offsets[i]:offsets[i + 1]] for i in range(n_rows)]  # noqa: E731
+    return IGResult(split(scores.numpy()), split(totals.numpy()), split(deltas))

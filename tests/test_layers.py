@@ -112,3 +112,12 @@ def test_googlenet_input_transform_is_honoured():
         assert torch.allclose(chain(g, ["fc", "inception5b", "conv1"], x), model(x), atol=1e-5)
         # the conv1 output depends on the transform, which lives in forward()
         assert not torch.allclose(g.prefix("conv1", "inception5b")(x)[0], model.conv1(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "googlenet", "alexnet"])
+def test_paper_layer_lists_are_valid(name):
+    from neurflow.models import PAPER_LAYERS, load_model
+    loaded = load_model(f"torchvision:{name}")
+    assert loaded.default_layers == PAPER_LAYERS[name]
+    LayerGraph(loaded.model, loaded.default_layers)
