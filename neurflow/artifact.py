@@ -23,6 +23,8 @@ from .errors import NeurFlowError
 SCHEMA = "neurflow.circuit"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -34,6 +36,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -89,11 +92,10 @@ class RunStore:
         manifest = self.read_manifest()
         self.done: list[dict] = []
         if manifest is None:
-            if any(p.name != MANIFEST for p in self.dir.iterdir()) and not overwrite:
+            if any(p.name != MANIFEST for p in self.dir.iterdir()):
+                # never delete what is not ours, even with --overwrite
                 raise NeurFlowError("--out", "an empty directory or a neurflow run directory", str(directory),
-                                    "it holds other files; pass --overwrite or choose another --out")
-            if overwrite:
-                self._clear()
+                                    "it holds other files and no neurflow manifest; choose another --out")
         elif manifest.get("run_hash") != digest:
             if not overwrite:
                 raise NeurFlowError("--out", "a directory holding this run (same model, data and settings)",
@@ -151,6 +153,7 @@ class RunStore:
         doc.update(circuit.to_json())
         write_json(self.dir / "circuit.json", doc)
         self._manifest(True)
+        shutil.rmtree(self.dir / "partial", ignore_errors=True)
 
 
 def load(directory) -> Circuit:

@@ -41,7 +41,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         kw: dict = {"dest": f.name, "default": f.default, "help": HELP.get(f.name, "") + f" (default: {f.default})"}
         if f.name == "granularities":
             kw["type"] = _floats
-            kw["default"] = ",".join(str(g) for g in f.default)
+            kw["default"] = ",".join(f"{g:g}" for g in f.default)
+            kw["help"] = HELP[f.name] + f" (default: {kw['default']})"
         elif f.name in CHOICES:
             kw["choices"] = CHOICES[f.name]
         elif kind in (int, typing.Optional[int]):
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="compute a circuit and save it to --out")
     p.add_argument("--model", required=True, metavar="MODEL",
-                   help="torchvision:NAME, package.module:factory, path/file.py:factory or a TorchScript file")
+                   help="torchvision:NAME, package.module:factory or path/file.py:factory")
     p.add_argument("--weights", help="state dict for the model (loaded with weights_only=True)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs pickle")
     p.add_argument("--data", required=True, metavar="DATA", help="image folder (ImageFolder or flat) or .pt file")

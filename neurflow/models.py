@@ -3,7 +3,9 @@
 * ``torchvision:NAME`` - random weights, or ``weights=FILE`` (a state dict, loaded with
   ``weights_only=True``);
 * ``package.module:factory`` or ``path/to/file.py:factory`` - calls ``factory()``;
-* a TorchScript file (``torch.jit.load``) - listable, but not traceable by torch.fx.
+* a TorchScript file is recognised and refused with a clear message: torch.fx cannot slice
+  TorchScript, and a scripted module accepts no forward hooks, so there is no faithful way to
+  cut it into segments.
 
 A model may declare its class names in a ``class_names`` attribute (list of str).
 """

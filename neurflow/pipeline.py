@@ -82,6 +82,9 @@ class NeurFlow:
                                     overwrite, quiet, timings, meta or {})
             finally:
                 _restore(moved)
+        if self.reused_:
+            self.circuit_ = circuit
+            return self
         timings["total_s"] = round(time.perf_counter() - t0, 3)
         self.circuit_ = dataclasses.replace(
             circuit, meta=_frozen_map({**circuit.meta, "timings_s": timings}))
@@ -106,6 +109,12 @@ class NeurFlow:
         digest = run_hash(model_hash(model), hash_tensors([("images", class_images)]), settings)
         store = RunStore(out, digest, overwrite) if out is not None else None
         self.store_ = store
+        self.pool_ = pool
+        self.reused_ = bool(store is not None and store.complete)
+        if self.reused_:  # the same run is already finished in ``out``: nothing to recompute
+            log.info("%s already holds this finished run; loading it", out)
+            from .artifact import load
+            return load(out)
 
         # one activation pass over the pool: the responses of every analysed layer
         t = time.perf_counter()
@@ -176,7 +185,7 @@ class NeurFlow:
         self.thumbnails_ = thumbnails(pool, shown) if store is not None else {}
         self.pool_ = pool
         self.responses_ = resp
-        meta = {**meta, "neurflow": __version__, "torch": torch.__version__, "target_name":
+        meta = {"model": type(model).__name__, "data": f"tensor {list(images.shape)}", **meta, "neurflow": __version__, "torch": torch.__version__, "target_name":
                 (list(class_names)[target] if class_names and target < len(class_names) else None),
                 "n_images": int(images.shape[0]), "n_class_images": int(class_images.shape[0]),
                 "n_crops": len(pool), "image_size": pool.size, "run_hash": digest,

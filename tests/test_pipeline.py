@@ -152,3 +152,20 @@ def test_adaptive_tau_keeps_a_prefix_of_the_ranking(skipnet, tiny_images):
     node = adaptive.layers[0].nodes[adaptive.target]
     full = fixed.layers[0].nodes[fixed.target]
     assert 1 <= len(node.core) <= 6 and list(node.core) == list(full.core[: len(node.core)])
+
+
+def test_finished_run_is_loaded_not_recomputed(skipnet, tiny_images, tmp_path, monkeypatch):
+    first = fit(skipnet, tiny_images, tmp_path).circuit_
+    assert not (tmp_path / "partial").exists()
+    assert oct((tmp_path / "circuit.json").stat().st_mode & 0o044) == oct(0o044)  # readable by others
+    monkeypatch.setattr("neurflow.pipeline.attribute", lambda *a, **k: pytest.fail("recomputed"))
+    again = fit(skipnet, tiny_images, tmp_path).circuit_
+    assert again.trace == first.trace and again.meta["timings_s"] == first.meta["timings_s"]
+
+
+def test_overwrite_never_deletes_foreign_files(skipnet, tiny_images, tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(NeurFlowError, match="no neurflow manifest"):
+        neurflow.NeurFlow(**SETTINGS).fit(skipnet, tiny_images, target=majority_class(skipnet, tiny_images),
+                                          layers=SKIP_LAYERS, out=tmp_path, overwrite=True)
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
