@@ -54,16 +54,24 @@ class _Tracer(fx.Tracer):
 
 
 @contextlib.contextmanager
-def preserved(model: nn.Module, eval_mode: bool = True):
-    """Run with ``model`` in eval mode; restore every module's ``training`` flag afterwards."""
+def preserved(model: nn.Module, eval_mode: bool = True, freeze: bool = False):
+    """Run with ``model`` in eval mode (and, with ``freeze``, its parameters' ``requires_grad``
+    off: attribution needs gradients w.r.t. activations only, and autograd then keeps nothing
+    for weight gradients); restore every ``training`` and ``requires_grad`` flag afterwards."""
     flags = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
         if eval_mode:
             model.eval()
+        if freeze:
+            for p, _ in grads:
+                p.requires_grad_(False)
         yield model
     finally:
         for m, flag in flags:
             m.training = flag
+        for p, flag in grads:
+            p.requires_grad_(flag)
 
 
 def _trace(model: nn.Module, leaves=(), leaf_modules=()) -> tuple[_Tracer, fx.Graph]:

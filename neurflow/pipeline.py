@@ -73,7 +73,7 @@ class NeurFlow:
             raise NeurFlowError("images", "a float tensor [N, C, H, W]", getattr(images, "shape", type(images)))
         torch.manual_seed(cfg.seed)
         timings: dict = {}
-        with preserved(model):
+        with preserved(model, freeze=True):
             graph = LayerGraph(model, layers, leaf_modules)
             device = torch.device(cfg.device)
             moved = _move(model, device)
