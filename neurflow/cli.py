@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="compute a circuit and save it to --out")
     p.add_argument("--model", required=True, metavar="MODEL",
-                   help="torchvision:NAME, package.module:factory or path/file.py:factory")
+                   help="zoo:NAME, torchvision:NAME, package.module:factory or path/file.py:factory")
     p.add_argument("--weights", help="state dict for the model (loaded with weights_only=True)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs pickle")
     p.add_argument("--data", required=True, metavar="DATA", help="image folder (ImageFolder or flat) or .pt file")
@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different run in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(p)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on an embedded model and real data (offline)")
+    p.add_argument("--model", default="fashion-cnn", help="fashion-cnn (default) or efficientnet-lite0")
+    p.add_argument("--target", default=None, help="class name or index (default: Sneaker / espresso)")
+    p.add_argument("--out", default=None, metavar="DIR", help="default: runs/demo-MODEL-CLASS")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("show", help="text summary of a saved circuit")
     p.add_argument("dir", metavar="DIR")
@@ -123,6 +130,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    from .show import summary
+    nf, out, seconds, demo = run_demo(args.model, args.target, args.out, args.quiet, args.overwrite)
+    print(summary(nf.circuit_))
+    if demo.note:
+        print(f"\nnote: {demo.note}")
+    print(f"\ndemo finished in {seconds:.1f} s; files in {out}/ (circuit.json, arrays.npz, crops/)")
+    print(f"inspect it again with: neurflow show {out}")
+    return 0
+
+
 def cmd_show(args) -> int:
     from .artifact import load
     from .show import summary
@@ -135,7 +154,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="neurflow: %(message)s")
     try:
-        return {"layers": cmd_layers, "run": cmd_run, "show": cmd_show}[args.command](args)
+        return {"layers": cmd_layers, "run": cmd_run, "demo": cmd_demo, "show": cmd_show}[args.command](args)
     except NeurFlowError as exc:
         print(f"neurflow: error: {exc}", file=sys.stderr)
         return 2

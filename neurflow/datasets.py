@@ -47,6 +47,9 @@ def plain_transform(img: Image.Image) -> torch.Tensor:
 
 
 def load_data(spec: str, transform: str | None = None) -> Dataset:
+    if isinstance(spec, str) and spec.startswith("zoo:"):
+        from . import zoo
+        return zoo.load_data(spec[4:])
     if transform is not None and transform not in TRANSFORMS:
         raise NeurFlowError("--transform", " or ".join(TRANSFORMS), transform)
     path = Path(spec)

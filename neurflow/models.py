@@ -71,8 +71,11 @@ def load_model(spec: str, weights: str | None = None, trust_checkpoint: bool = F
 
 def _load_model(spec: str, weights: str | None, trust_checkpoint: bool) -> LoadedModel:
     if not isinstance(spec, str) or not spec:
-        raise NeurFlowError("--model", "a model spec (torchvision:NAME, package.module:factory, file.py:factory "
-                            "or a TorchScript file)", spec)
+        raise NeurFlowError("--model", "a model spec (zoo:NAME, torchvision:NAME, package.module:factory or "
+                            "file.py:factory)", spec)
+    if spec.startswith("zoo:") and not weights:
+        from . import zoo
+        return zoo.load_model(spec[4:])
     if spec.startswith("torchvision:"):
         loaded = _torchvision(spec.split(":", 1)[1])
     elif os.path.isfile(spec):

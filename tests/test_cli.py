@@ -122,3 +122,14 @@ def test_sigkill_then_resume_equals_uninterrupted(workspace):
         for layer in d["layers"]:
             layer.pop("seconds")
     assert a == b
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Sneaker" in out and "demo finished" in out
+    from neurflow import load
+    c = load(tmp_path / "demo")
+    assert c.target == 7 and [l.name for l in c.layers] == ["head", "block4", "block3", "block2"]
+    assert all(len(l.groups) >= 1 for l in c.layers) and all(len(l.groups) >= 2 for l in c.layers[1:])

@@ -1,0 +1,51 @@
+import json
+from importlib import resources
+
+import pytest
+import torch
+
+from neurflow.datasets import load_data
+from neurflow.models import load_model
+from neurflow.zoo.fashion import CLASS_NAMES, FashionCNN, read_idx
+
+
+def test_fashion_mnist_ships_with_the_package():
+    ds = load_data("zoo:fashion-mnist")
+    assert ds.images.shape == (10000, 1, 28, 28) and ds.images.dtype == torch.float32
+    assert 0.0 <= float(ds.images.min()) and float(ds.images.max()) <= 1.0
+    assert ds.labels.shape == (10000,) and torch.bincount(ds.labels).tolist() == [1000] * 10
+    assert ds.labels[:5].tolist() == [9, 2, 1, 1, 6]  # the test split's first labels
+    assert ds.class_names == CLASS_NAMES and ds.class_names[7] == "Sneaker"
+    path = resources.files("neurflow.zoo") / "data" / "t10k-images-idx3-ubyte.gz"
+    assert read_idx(path).shape == (10000, 28, 28)
+
+
+def test_shipped_weights_reproduce_the_recorded_accuracy():
+    card = json.loads((resources.files("neurflow.zoo") / "weights" / "accuracy.json").read_text())
+    loaded = load_model("zoo:fashion-cnn")
+    assert isinstance(loaded.model, FashionCNN) and loaded.class_names[7] == "Sneaker"
+    ds = load_data("zoo:fashion-mnist")
+    with torch.no_grad():
+        pred = torch.cat([loaded.model(ds.images[i:i + 2000]).argmax(1) for i in range(0, 10000, 2000)])
+    acc = (pred == ds.labels).float().mean().item()
+    assert abs(acc - card["test_accuracy"]) <= 0.002
+    assert acc >= 0.90
+
+
+def test_unknown_zoo_names():
+    from neurflow.errors import NeurFlowError
+    with pytest.raises(NeurFlowError, match="zoo:fashion-cnn"):
+        load_model("zoo:fashion-cn")
+    with pytest.raises(NeurFlowError, match="zoo:fashion-mnist"):
+        load_data("zoo:fashion-mnst")
+
+
+def test_efficientnet_lite0_predicts_espresso_for_the_coffee_photo():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the neurflow[imagenet] extra")
+    pytest.importorskip("skimage", reason="needs the neurflow[imagenet] extra")
+    loaded = load_model("zoo:efficientnet-lite0")
+    photos = load_data("zoo:photos")
+    coffee = photos.files.index("skimage/coffee")
+    with torch.no_grad():
+        pred = loaded.model(photos.images[coffee:coffee + 1]).argmax(1).item()
+    assert loaded.class_names[pred] == "espresso"
