@@ -167,12 +167,14 @@ class LayerGraph:
             stack.extend(n.all_input_nodes)
         return needed
 
-    def _module(self, inputs, outputs, single: bool) -> fx.GraphModule:
-        needed = self._closure(outputs, set(inputs))
+    def _module(self, inputs, outputs, single: bool, batch_nodes=()) -> fx.GraphModule:
+        needed = self._closure(outputs, set(inputs) | set(batch_nodes))
         g = fx.Graph()
         env = {}
         for i, n in enumerate(inputs):
             env[n] = g.placeholder(f"in_{i}_{n.name}")
+        for n in batch_nodes:  # the batch size, read off the first input instead of the model input
+            env[n] = g.call_method("size", (env[inputs[0]], 0))
         for n in self.graph.nodes:
             if n in needed and n not in env:
                 if n.op == "placeholder":
@@ -182,8 +184,32 @@ class LayerGraph:
         g.output(env[outputs[0]] if single else tuple(env[o] for o in outputs))
         return fx.GraphModule(self.model, g)
 
+    @staticmethod
+    def _is_batch_size(n: fx.Node) -> bool:
+        """``t.size(0)``, ``t.size(dim=0)`` or ``t.shape[0]``: the batch size, as ``forward`` often
+        reads it (``x.view(x.size(0), -1)``)."""
+        import operator
+        if n.op == "call_method" and n.target == "size":
+            return tuple(n.args[1:]) == (0,) or n.kwargs.get("dim") == 0
+        if n.op == "call_function" and n.target is operator.getitem and n.args[1:] == (0,):
+            src = n.args[0]
+            return isinstance(src, fx.Node) and ((src.op == "call_function" and src.target is getattr
+                                                  and src.args[1:] == ("shape",))
+                                                 or (src.op == "call_method" and src.target == "size"
+                                                     and len(src.args) == 1 and not src.kwargs))
+        return False
+
+    def _cut(self, lower: str, upper: str) -> tuple[list, list]:
+        """(tensor extras, batch-size nodes) of the segment lower -> upper."""
+        found = self._frontier(lower, upper)
+        return ([n for n in found if not self._is_batch_size(n)], [n for n in found if self._is_batch_size(n)])
+
     def extras(self, lower: str, upper: str) -> list[fx.Node]:
-        """Input-dependent values the segment lower -> upper needs besides the lower output."""
+        """Input-dependent values the segment lower -> upper needs besides the lower output
+        (the batch size excepted: the segment reads it off its own input)."""
+        return self._cut(lower, upper)[0]
+
+    def _frontier(self, lower: str, upper: str) -> list[fx.Node]:
         lower_n, upper_n = self.nodes[lower], self.nodes[upper]
         from_lower = self._descendants([lower_n])
         out, seen, stack = [], set(), [upper_n]
@@ -212,4 +238,5 @@ class LayerGraph:
 
     def segment(self, lower: str, upper: str) -> fx.GraphModule:
         """(lower output, *extras) -> upper output."""
-        return self._module([self.nodes[lower]] + self.extras(lower, upper), [self.nodes[upper]], True)
+        extras, batch = self._cut(lower, upper)
+        return self._module([self.nodes[lower]] + extras, [self.nodes[upper]], True, batch)

@@ -121,3 +121,28 @@ def test_paper_layer_lists_are_valid(name):
     loaded = load_model(f"torchvision:{name}")
     assert loaded.default_layers == PAPER_LAYERS[name]
     LayerGraph(loaded.model, loaded.default_layers)
+
+
+class BatchSizeNet(torch.nn.Module):
+    """forward() reads the batch size from the input after the analysed layer (as EfficientNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4 * 14 * 14, 3)
+
+    def forward(self, x):
+        bs = x.size(0)
+        return self.fc(self.conv(x).view(bs, -1))
+
+
+def test_batch_size_read_in_forward_follows_the_segment_batch():
+    torch.manual_seed(0)
+    m = BatchSizeNet().eval()
+    g = LayerGraph(m, ["fc", "conv"])
+    assert g.extras("conv", "fc") == []
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        acts, = g.prefix("conv", "fc")(x)
+        # the segment runs on another batch size than the model input had
+        assert torch.allclose(g.segment("conv", "fc")(acts[:2]), m(x[:2]), atol=1e-6)
