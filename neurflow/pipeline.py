@@ -71,9 +71,10 @@ class NeurFlow:
                                 ",".join(layers))
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             raise NeurFlowError("images", "a float tensor [N, C, H, W]", getattr(images, "shape", type(images)))
-        torch.manual_seed(cfg.seed)
         timings: dict = {}
-        with preserved(model, freeze=True):
+        # seeded without touching the caller's global generator
+        with torch.random.fork_rng(devices=[]), preserved(model, freeze=True):
+            torch.manual_seed(cfg.seed)
             graph = LayerGraph(model, layers, leaf_modules)
             device = torch.device(cfg.device)
             moved = _move(model, device)

@@ -56,8 +56,10 @@ def test_user_model_unchanged(skipnet, tiny_images):
     before = model_state(skipnet)
     target = majority_class(skipnet.eval(), tiny_images)
     skipnet.train()
+    rng = torch.get_rng_state()
     neurflow.NeurFlow(**SETTINGS).fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS)
     assert_same_state(before, model_state(skipnet))
+    assert torch.equal(rng, torch.get_rng_state())  # the caller's random generator is untouched
     with pytest.raises(NeurFlowError):  # failing midway leaves it as well
         neurflow.NeurFlow(**{**SETTINGS, "top_k": 10_000}).fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS)
     assert_same_state(before, model_state(skipnet))
