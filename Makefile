@@ -34,9 +34,9 @@ test: venv
 test-fast: venv
 	$(call run_pytest,-m "not slow")
 
-# The main job.  (Will become `$(VENV)/bin/neurflow demo` once that command exists.)
+# The main job: the whole pipeline on the embedded default model and data, offline.
 demo: venv
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/neurflow demo
 
 bench: venv
 	$(PY) benchmarks/bench_core.py
