@@ -48,8 +48,7 @@ def attribute(graph: LayerGraph, pool: CropPool, upper: str, lower: str, exempla
         for c in ex:
             requests[where[int(c)]].append(n)
     prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
-    scores, gaps = {}, []
-    per_crop = {}
+    gaps, per_crop = [], {}
     chunk = max(1, cfg.batch_size)
     bar = progress(total=len(crops), desc=f"IG {upper}", quiet=quiet, unit="crop")
     for start in range(0, len(crops), chunk):
@@ -65,8 +64,7 @@ def attribute(graph: LayerGraph, pool: CropPool, upper: str, lower: str, exempla
         gaps.append(np.stack([rel, denom], axis=1) if len(rel) else np.zeros((0, 2)))
         bar.update(len(idx))
     bar.close()
-    for n, ex in exemplars.items():
-        scores[n] = np.stack([per_crop[int(c)][n] for c in ex])
+    scores = {n: np.stack([per_crop[int(c)][n] for c in ex]) for n, ex in exemplars.items()}
     return scores, np.concatenate(gaps) if gaps else np.zeros((0, 2))
 
 

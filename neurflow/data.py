@@ -45,18 +45,24 @@ def select_class_images(images, logits, labels, target: int, selection: str):
     return images[keep], keep.numpy()
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] floats -> [N, H, W, 3] uint8, scaled per channel over the whole set."""
-    x = images.detach().float().cpu()
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    x = x[:, :3]
+def display_range(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (low, high) used to show ``images``: [0, 1] when they already lie in it,
+    else their range over the whole set (normalised inputs)."""
+    x = images.detach().float()
     lo = x.amin(dim=(0, 2, 3), keepdim=True)
     hi = x.amax(dim=(0, 2, 3), keepdim=True)
     if 0 <= float(lo.min()) and float(hi.max()) <= 1:
-        lo, hi = torch.zeros_like(lo), torch.ones_like(hi)
-    x = (x - lo) / (hi - lo).clamp_min(1e-8)
-    return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        return torch.zeros_like(lo), torch.ones_like(hi)
+    return lo, hi
+
+
+def to_uint8(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] floats -> [N, H, W, 3] uint8 (grey repeated to RGB, a 4th channel dropped)."""
+    x = ((x.detach().float() - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+    x = (x * 255).round().byte()
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    return x[:, :3].permute(0, 2, 3, 1).numpy()
 
 
 def thumbnails(pool, indices) -> dict:
@@ -64,18 +70,9 @@ def thumbnails(pool, indices) -> dict:
     out = {}
     if not len(indices):
         return out
-    x = pool.images.detach().float()  # scale by the per-channel range of the class images
-    lo = x.amin(dim=(0, 2, 3), keepdim=True)
-    hi = x.amax(dim=(0, 2, 3), keepdim=True)
+    lo, hi = display_range(pool.images)
     for idx, crops in pool.batches(64, indices):
-        c = crops.float()
-        if not (0 <= float(lo.min()) and float(hi.max()) <= 1):
-            c = (c - lo) / (hi - lo).clamp_min(1e-8)
-        arr = (c.clamp(0, 1) * 255).round().byte()
-        if arr.shape[1] == 1:
-            arr = arr.repeat(1, 3, 1, 1)
-        arr = arr[:, :3].permute(0, 2, 3, 1).numpy()
-        for i, a in zip(idx, arr):
+        for i, a in zip(idx, to_uint8(crops, lo, hi)):
             img = Image.fromarray(a)
             if img.size[0] > THUMB:
                 img = img.resize((THUMB, THUMB), Image.BILINEAR)

@@ -171,3 +171,19 @@ def test_overwrite_never_deletes_foreign_files(skipnet, tiny_images, tmp_path):
         neurflow.NeurFlow(**SETTINGS).fit(skipnet, tiny_images, target=majority_class(skipnet, tiny_images),
                                           layers=SKIP_LAYERS, out=tmp_path, overwrite=True)
     assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_thumbnails_show_the_crops_as_the_model_saw_them():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from neurflow.crops import CropPool
+    from neurflow.data import thumbnails
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, :4, :4] = 1.0  # a white top-left quarter on black, already in [0, 1]
+    pool = CropPool(x, (1.0, 0.5))
+    png = thumbnails(pool, [0, 1])
+    full = np.asarray(Image.open(BytesIO(png[0])))
+    assert full.shape == (8, 8, 3) and full[0, 0].tolist() == [255] * 3 and full[7, 7].tolist() == [0] * 3
+    assert np.asarray(Image.open(BytesIO(png[1]))).min() == 255  # crop 1: the top-left 4x4 window
