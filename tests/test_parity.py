@@ -11,7 +11,8 @@ import neurflow
 
 from conftest import SHARED
 
-GOLDEN = SHARED / "parity" / "resnet18-64px.json"
+GOLDENS = [pytest.param("resnet18-64px.json", id="64px"),
+           pytest.param("resnet18-224px.json", id="224px", marks=pytest.mark.slow)]
 
 
 def close(a, b):
@@ -19,16 +20,18 @@ def close(a, b):
     return abs(a - b) <= 1e-4 * abs(b) + 0.5e-5
 
 
-@pytest.fixture(scope="module")
-def golden_run():
-    if not GOLDEN.exists():
-        pytest.skip(f"{GOLDEN} is absent (../shared is not beside the repository)")
-    golden = json.loads(GOLDEN.read_text())
+@pytest.fixture(scope="module", params=GOLDENS)
+def golden_run(request):
+    path = SHARED / "parity" / request.param
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared is not beside the repository)")
+    golden = json.loads(path.read_text())
+    size = int(golden["config"]["data"].rstrip(")").split(",")[-1])
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
-    data = torch.randn(8, 3, 64, 64)
+    data = torch.randn(8, 3, size, size)
     checks = golden["checks"]
     assert abs(sum(p.double().sum().item() for p in model.parameters()) - checks["model_param_sum"]) < 1e-6
     assert abs(data.double().sum().item() - checks["data_sum"]) < 1e-6
