@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="text summary of a saved circuit")
     p.add_argument("dir", metavar="DIR")
+
+    p = sub.add_parser("report", help="write DIR/report.html: a self-contained interactive view of a saved circuit")
+    p.add_argument("dir", metavar="DIR")
     return ap
 
 
@@ -127,6 +130,8 @@ def cmd_run(args) -> int:
                            overwrite=args.overwrite, quiet=args.quiet, meta=meta)
     print(summary(nf.circuit_))
     print(f"\nwritten: {Path(args.out) / 'circuit.json'}")
+    from .report import write_report
+    print(f"report: {write_report(args.out)}")
     return 0
 
 
@@ -139,6 +144,14 @@ def cmd_demo(args) -> int:
         print(f"\nnote: {demo.note}")
     print(f"\ndemo finished in {seconds:.1f} s; files in {out}/ (circuit.json, arrays.npz, crops/)")
     print(f"inspect it again with: neurflow show {out}")
+    from .report import write_report
+    print(f"report: {write_report(out)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    print(write_report(args.dir))
     return 0
 
 
@@ -154,7 +167,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="neurflow: %(message)s")
     try:
-        return {"layers": cmd_layers, "run": cmd_run, "demo": cmd_demo, "show": cmd_show}[args.command](args)
+        return {"layers": cmd_layers, "run": cmd_run, "demo": cmd_demo, "show": cmd_show,
+                "report": cmd_report}[args.command](args)
     except NeurFlowError as exc:
         print(f"neurflow: error: {exc}", file=sys.stderr)
         return 2

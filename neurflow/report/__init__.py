@@ -1,0 +1,128 @@
+"""``neurflow report DIR``: one self-contained HTML file (``DIR/report.html``) that draws the circuit.
+
+Everything is inline: the viewer (``template.html``: CSS and vanilla JS), the circuit data (JSON in a
+``<script type="application/json">`` tag, with ``<``, ``>`` and ``&`` written as ``\\u003c``...) and
+the crop thumbnails (``data:image/png;base64`` URIs).  The page loads nothing from the network.
+See docs/report.md.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from importlib import resources
+from pathlib import Path
+
+from ..artifact import atomic_write, load
+from ..circuit import Circuit
+
+REPORT = "report.html"
+_META_KEYS = ("model", "weights", "data", "demo", "note", "neurflow", "torch", "n_images", "n_class_images",
+              "n_crops", "image_size", "crop_sizes", "data_skipped", "timings_s")
+
+
+def _num(x, digits: int = 4):
+    """A float rounded to ``digits`` significant digits (keeps the embedded JSON small)."""
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+def _labels(doc: dict) -> dict:
+    """``{(layer, group id): label}`` from circuit.json (a later schema may add ``label``)."""
+    out = {}
+    for layer in doc.get("layers", []):
+        for g in layer.get("groups", []):
+            if g.get("label") is not None:
+                out[(layer["name"], g["id"])] = str(g["label"])
+    return out
+
+
+def report_data(directory, circuit: Circuit | None = None) -> dict:
+    """The data the viewer draws, as plain JSON-able objects."""
+    d = Path(directory)
+    c = circuit if circuit is not None else load(d)
+    try:
+        labels = _labels(json.loads((d / "circuit.json").read_text()))
+    except (OSError, ValueError):
+        labels = {}
+    crop_image = c.arrays.get("crop_image")
+    crop_box = c.arrays.get("crop_box")
+    files = c.meta.get("files") or None
+    layers, used = [], set()
+    for layer in c.layers:
+        nodes = {}
+        for idx, node in layer.nodes.items():
+            subs = []
+            for s in node.sub_concepts:
+                used.update(s.display_exemplars)
+                sub = {"id": s.id, "a": _num(s.activation), "g": s.group, "x": list(s.display_exemplars),
+                       "n": len(s.exemplars), "w": [[int(j), _num(w)] for j, w in s.weights.items()]}
+                label = getattr(s, "label", None)
+                if label is not None:
+                    sub["label"] = str(label)
+                subs.append(sub)
+            nodes[str(idx)] = {"core": list(node.core), "imp": [_num(v) for v in node.importance], "subs": subs}
+        groups = []
+        for g in layer.groups:
+            grp = {"id": g.id, "members": [list(m) for m in g.members], "neurons": list(g.neurons)}
+            label = getattr(g, "label", None)
+            label = labels.get((layer.name, g.id)) if label is None else str(label)
+            if label is not None:
+                grp["label"] = label
+            groups.append(grp)
+        layers.append({"name": layer.name, "lower": layer.lower, "nodes": nodes, "groups": groups,
+                       "edges": {str(a): {str(b): _num(w) for b, w in row.items()}
+                                 for a, row in layer.group_edges.items()},
+                       "gap": {k: _num(v) for k, v in layer.completeness_gap.items()},
+                       "seconds": _num(layer.seconds),
+                       "n_subs": sum(len(n.sub_concepts) for n in layer.nodes.values())})
+    crops = {}
+    for i in sorted(used):
+        entry = {}
+        png = d / "crops" / f"{i}.png"
+        if png.is_file():
+            entry["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+        if crop_image is not None and 0 <= i < len(crop_image):
+            img = int(crop_image[i])
+            entry["image"] = img
+            if files and 0 <= img < len(files):
+                entry["file"] = str(files[img])
+        if crop_box is not None and 0 <= i < len(crop_box):
+            entry["box"] = [int(v) for v in crop_box[i]]
+        crops[str(i)] = entry
+    meta = {k: c.meta[k] for k in _META_KEYS if c.meta.get(k) is not None}
+    class_names = c.meta.get("class_names") or None
+    return {"target": c.target, "target_name": c.target_name, "input_layer": c.input_layer,
+            "trace": [[name, list(groups)] for name, groups in c.trace],
+            "settings": {k: v for k, v in c.settings.items()}, "meta": meta,
+            "n_classes": len(class_names) if class_names else None,
+            "layers": layers, "crops": crops}
+
+
+def _json_for_script(obj) -> str:
+    """JSON that cannot end its ``<script>`` tag: ``<``, ``>``, ``&`` as \\u escapes."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def render_report(directory, circuit: Circuit | None = None) -> str:
+    """The report page for a finished run directory, as a string."""
+    data = report_data(directory, circuit)
+    template = resources.files(__package__).joinpath("template.html").read_text(encoding="utf-8")
+    name = f" ({data['target_name']})" if data["target_name"] else ""
+    title = f"NeurFlow circuit: class {data['target']}{name} - {data['meta'].get('model', '')}"
+    parts = {"__TITLE__": html.escape(title, quote=True), "__DATA__": _json_for_script(data)}
+    # one pass, so a title containing "__DATA__" (or data containing "__TITLE__") is left alone
+    return re.sub(r"__(?:TITLE|DATA)__", lambda m: parts[m.group(0)], template)
+
+
+def write_report(directory, circuit: Circuit | None = None) -> Path:
+    """Write ``DIR/report.html`` (atomically) for the finished run in ``directory``; returns its path."""
+    path = Path(directory) / REPORT
+    atomic_write(path, render_report(directory, circuit).encode("utf-8"))
+    return path
