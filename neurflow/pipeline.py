@@ -184,7 +184,6 @@ class NeurFlow:
         shown = sorted({c for l in final_layers for n in l.nodes.values() for s in n.sub_concepts
                         for c in s.display_exemplars})
         self.thumbnails_ = thumbnails(pool, shown) if store is not None else {}
-        self.pool_ = pool
         self.responses_ = resp
         meta = {"model": type(model).__name__, "data": f"tensor {list(images.shape)}", **meta, "neurflow": __version__, "torch": torch.__version__, "target_name":
                 (list(class_names)[target] if class_names and target < len(class_names) else None),

@@ -28,6 +28,34 @@ class SkipNet(nn.Module):
 
 SKIP_LAYERS = ["head", "block3", "block2", "block1"]
 
+# a tiny 4-class CNN as a Python file, for `path/file.py:build` model specs
+TINY_NET_PY = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, 4)
+        self.class_names = ["cat", "dog", "<b>bird</b>", "fish"]
+
+    def forward(self, x):
+        return self.head(self.block2(self.block1(self.stem(x))).mean((2, 3)))
+
+def build():
+    return Net()
+"""
+
+
+def tiny_net() -> nn.Module:
+    """An instance of TINY_NET_PY's ``Net``."""
+    namespace: dict = {}
+    exec(TINY_NET_PY, namespace)  # noqa: S102 - our own test source
+    return namespace["build"]()
+
 
 @pytest.fixture
 def skipnet():

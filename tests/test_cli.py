@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -11,25 +10,9 @@ import torch
 
 from neurflow.cli import main
 
-MODEL_PY = textwrap.dedent('''
-    import torch
-    from torch import nn
+from conftest import TINY_NET_PY as MODEL_PY
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-            self.block1 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
-            self.block2 = nn.Sequential(nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU())
-            self.head = nn.Linear(16, 4)
-            self.class_names = ["cat", "dog", "<b>bird</b>", "fish"]
 
-        def forward(self, x):
-            return self.head(self.block2(self.block1(self.stem(x))).mean((2, 3)))
-
-    def build():
-        return Net()
-''')
 
 
 @pytest.fixture

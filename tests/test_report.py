@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from neurflow import NeurFlow, load
 from neurflow.artifact import RunStore
 from neurflow.circuit import Circuit, Group, Layer, Node, SubConcept
 from neurflow.cli import main
 from neurflow.report import REPORT, write_report
+
+from conftest import TINY_NET_PY as MODEL_PY, tiny_net
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,43 +43,10 @@ needs_browser = pytest.mark.skipif(
 
 # ---------------------------------------------------------------------------------------------
 # artifacts
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.block1 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
-        self.block2 = nn.Sequential(nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.head(self.block2(self.block1(self.stem(x))).mean((2, 3)))
-
-
-MODEL_PY = """
-import torch
-from torch import nn
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.block1 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
-        self.block2 = nn.Sequential(nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.head(self.block2(self.block1(self.stem(x))).mean((2, 3)))
-
-def build():
-    torch.manual_seed(0)
-    return Net()
-"""
-
-
 def tiny_run(out: Path) -> Circuit:
     """A small real run (seconds): seeded CNN, random images."""
     torch.manual_seed(0)
-    model = TinyNet().eval()
+    model = tiny_net().eval()
     images = torch.rand(8, 3, 16, 16)
     with torch.no_grad():
         target = int(torch.mode(model(images).argmax(1)).values)
