@@ -88,7 +88,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write DIR/report.html: a self-contained interactive view of a saved circuit")
     p.add_argument("dir", metavar="DIR")
+
+    p = sub.add_parser("debug", help="debug one image through the circuit: group scores, crops, trace, verification")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--image", required=True, metavar="IMAGE", help="an image file, or an index into the run's data")
+    p.add_argument("--layer", help="layer of the circuit to score (default: the highest below the class layer)")
+    p.add_argument("--threshold", type=float, default=0.8, help="strong groups and triggering crops (default: 0.8)")
+    p.add_argument("--score", choices=("published", "clipped"), default="published",
+                   help="rank and threshold by the published (unbounded) or the clipped score (default: published)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the text summary")
+    _add_reopen_flags(p)
+
+    p = sub.add_parser("audit", help="rank the circuit's groups by how much the model's false positives lean on them")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--data", metavar="DATA", help="labelled data to audit (default: the run's data)")
+    p.add_argument("--max-images", type=int, default=256,
+                   help="false positives and true positives each sampled to at most this many (default: 256)")
+    p.add_argument("--layers", help="comma-separated layers of the circuit to audit (default: all below the class layer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the ranked table")
+    _add_reopen_flags(p, data=False)
     return ap
+
+
+def _add_reopen_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """Flags of the commands that reopen a run with its model (and data)."""
+    p.add_argument("--model", metavar="MODEL", help="override the run's recorded model spec")
+    p.add_argument("--weights", help="override the run's weights file (loaded with weights_only=True)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs pickle")
+    if data:
+        p.add_argument("--data", metavar="DATA", help="override the run's data (for --image INDEX)")
+    p.add_argument("--transform", choices=("imagenet", "none"), default=None, help="override the run's transform")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_layers(args) -> int:
@@ -123,7 +156,8 @@ def cmd_run(args) -> int:
         raise NeurFlowError("--layers", "comma-separated layer names, class layer first", None,
                             f"run `neurflow layers {args.model}` to list them")
     data = load_data(args.data, args.transform)
-    meta = {"model": loaded.spec, "weights": args.weights, "data": args.data, "data_skipped": data.skipped,
+    meta = {"model": loaded.spec, "weights": args.weights, "data": args.data, "transform": args.transform,
+            "data_skipped": data.skipped,
             "files": data.files}
     nf = NeurFlow(cfg).fit(loaded.model, data.images, args.target, layers, labels=data.labels,
                            class_names=loaded.class_names or data.class_names, out=args.out,
@@ -155,6 +189,70 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _emit(args, run_dir, result: dict, text: str, written) -> None:
+    """Print ``result`` as JSON (--json) or ``text``, then rewrite the run's report."""
+    import json
+
+    from .report import write_report
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(text)
+        print(f"\nwritten: {written}")
+    report = write_report(run_dir)
+    if not args.json:
+        print(f"report: {report}")
+
+
+def cmd_debug(args) -> int:
+    from .artifact import atomic_write, write_json
+    from .debug import debug_image, image_name, image_png
+    from .reopen import image_from_data, read_image, reopen
+    from .show import debug_summary
+
+    import os
+    by_index = str(args.image).lstrip("-").isdigit() and not os.path.isfile(args.image)
+    run = reopen(args.dir, args.model, args.weights, args.data, args.transform, need_data=by_index,
+                 trust_checkpoint=args.trust_checkpoint)
+    if by_index:
+        image = image_from_data(args.image, run.data)
+        i = int(args.image)
+        label = int(run.data.labels[i]) if run.data.labels is not None else None
+        names = run.class_names or run.data.class_names or []
+        source = {"source": f"{run.data.spec or 'data'}[{i}]", "index": i, "label": label,
+                  "label_name": names[label] if label is not None and label < len(names) else None,
+                  "file": run.data.files[i] if run.data.files else None}
+    else:
+        image = read_image(args.image, run.circuit)
+        source = {"source": str(args.image), "index": None, "label": None, "label_name": None, "file": str(args.image)}
+    result = debug_image(run.circuit, run.model, image, args.layer, args.threshold, args.score,
+                         run.class_names, args.batch_size, args.device, source=source)
+    name = image_name(args.image)
+    result["image"]["name"] = name
+    out = run.dir / "debug"
+    atomic_write(out / f"{name}.png", image_png(image))
+    write_json(out / f"{name}.json", result)
+    _emit(args, run.dir, result, debug_summary(result), out / f"{name}.json")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .artifact import write_json
+    from .audit import audit
+    from .reopen import reopen
+    from .show import audit_summary
+
+    run = reopen(args.dir, args.model, args.weights, args.data, args.transform, need_data=True,
+                 trust_checkpoint=args.trust_checkpoint)
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    result = audit(run.circuit, run.model, run.data.images, run.data.labels, args.max_images, args.seed, layers,
+                   args.batch_size, args.device, quiet=args.quiet)
+    result["data"] = run.data.spec or args.data
+    write_json(run.dir / "audit.json", result)
+    _emit(args, run.dir, result, audit_summary(result), run.dir / "audit.json")
+    return 0
+
+
 def cmd_show(args) -> int:
     from .artifact import load
     from .show import summary
@@ -168,7 +266,7 @@ def main(argv=None) -> int:
                         format="neurflow: %(message)s")
     try:
         return {"layers": cmd_layers, "run": cmd_run, "demo": cmd_demo, "show": cmd_show,
-                "report": cmd_report}[args.command](args)
+                "report": cmd_report, "debug": cmd_debug, "audit": cmd_audit}[args.command](args)
     except NeurFlowError as exc:
         print(f"neurflow: error: {exc}", file=sys.stderr)
         return 2

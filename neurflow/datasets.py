@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ class Dataset:
     files: list | None = None
     skipped: int = 0
     spec: str = ""
+    info: dict = field(default_factory=dict)   # extras a data source records (e.g. zoo's marked subset)
 
 
 def imagenet_transform(img: Image.Image) -> torch.Tensor:

@@ -107,7 +107,8 @@ class NeurFlow:
         timings["select_s"] = round(time.perf_counter() - t, 3)
 
         settings = {**cfg.method_dict(), "layers": layers, "target": target}
-        digest = run_hash(model_hash(model), hash_tensors([("images", class_images)]), settings)
+        model_digest = model_hash(model)
+        digest = run_hash(model_digest, hash_tensors([("images", class_images)]), settings)
         store = RunStore(out, digest, overwrite) if out is not None else None
         self.store_ = store
         self.pool_ = pool
@@ -188,7 +189,8 @@ class NeurFlow:
         meta = {"model": type(model).__name__, "data": f"tensor {list(images.shape)}", **meta, "neurflow": __version__, "torch": torch.__version__, "target_name":
                 (list(class_names)[target] if class_names and target < len(class_names) else None),
                 "n_images": int(images.shape[0]), "n_class_images": int(class_images.shape[0]),
-                "n_crops": len(pool), "image_size": pool.size, "run_hash": digest,
+                "n_crops": len(pool), "image_size": pool.size, "image_channels": int(images.shape[1]),
+                "run_hash": digest, "model_hash": model_digest,
                 "class_names": list(class_names) if class_names else None,
                 "crop_sizes": {str(int(s)): int((pool.side == s).sum()) for s in np.unique(pool.side)}}
         return Circuit(target=target, layers=tuple(final_layers), input_layer=layers[-1],

@@ -33,3 +33,53 @@ def summary(c: Circuit) -> str:
     if timings:
         lines += ["", "timings (s): " + ", ".join(f"{k}={v}" for k, v in timings.items())]
     return "\n".join(lines)
+
+
+def _names(d: dict) -> str:
+    return f"{d['target']}" + (f" ({d['target_name']})" if d.get("target_name") else "")
+
+
+def _cls(e: dict) -> str:
+    return f"{e['name'] or e['class']} {e['logit']:.2f} ({e['prob'] * 100:.0f} %)"
+
+
+def debug_summary(d: dict) -> str:
+    """Text form of ``neurflow debug``'s result."""
+    v = d["verification"]
+    img = d.get("image") or {}
+    lines = [f"debug of {img.get('source', '?')} for class {_names(d)} at layer {d['layer']} "
+             f"({d['n_crops']} crops, threshold {d['threshold']}, ranked by the {d['score_variant']} score)",
+             f"prediction: {_cls(d['prediction'])}", "",
+             f"{'group':>6}{'score':>10}{'clipped':>9}{'strong':>8}  triggering crops (top, left, size: score)"]
+    for g in d["groups"]:
+        crops = ", ".join(f"({c['box'][0]},{c['box'][1]},{c['box'][2]}: {c['score']:.2f})" for c in g["crops"][:4])
+        more = f" +{len(g['crops']) - 4}" if len(g["crops"]) > 4 else ""
+        lines.append(f"{'G' + str(g['group']):>6}{g['score']:>10.3f}{g['score_clipped']:>9.3f}"
+                     f"{'yes' if g['strong'] else '-':>8}  {crops if g['strong'] else '-'}{more if g['strong'] else ''}")
+    lines += ["", f"trace down from G{d['strongest']} (weight x clipped score on this image):"]
+    for step in d["trace"]:
+        parts = [f"G{r['group']} (w {r['weight']:.3f}, score {r['score_clipped']:.2f})" for r in step["groups"]]
+        lines.append(f"  {step['layer']:<24} " + "  ".join(parts))
+    lines += ["", f"verification: zeroing G{v['group']} at {v['layer']} ({len(v['neurons'])} neurons) changes "
+              f"the class logit {v['target_logit_before']:.3f} -> {v['target_logit_after']:.3f} "
+              f"({v['target_logit_change']:+.3f})",
+              "  top-5 before: " + "; ".join(_cls(e) for e in v["top5_before"]),
+              "  top-5 after:  " + "; ".join(_cls(e) for e in v["top5_after"])]
+    return "\n".join(lines)
+
+
+def audit_summary(d: dict, limit: int = 20) -> str:
+    """Text form of ``neurflow audit``'s result (the ranked table)."""
+    lines = [f"audit for class {_names(d)}: {d['n_false_positives']} false positives "
+             f"(of {d['false_positives']}) against {d['n_true_positives']} true positives (of {d['true_positives']})",
+             f"mean class logit: false positives {d['mean_target_logit']['false_positives']:.3f}, "
+             f"true positives {d['mean_target_logit']['true_positives']:.3f}", "",
+             f"{'rank':>4}  {'layer':<20}{'group':>6}{'neurons':>8}{'fp drop':>9}{'tp drop':>9}{'score':>9}"
+             f"{'fp fixed':>10}{'tp kept':>9}"]
+    for k, r in enumerate(d["groups"][:limit], 1):
+        lines.append(f"{k:>4}  {r['layer']:<20}{'G' + str(r['group']):>6}{len(r['neurons']):>8}"
+                     f"{r['fp_logit_drop']:>9.3f}{r['tp_logit_drop']:>9.3f}{r['score']:>9.3f}"
+                     f"{r['fp_fixed'] * 100:>9.1f}%{r['tp_kept'] * 100:>8.1f}%")
+    if len(d["groups"]) > limit:
+        lines.append(f"  ... {len(d['groups']) - limit} more groups in the JSON")
+    return "\n".join(lines)

@@ -1,7 +1,11 @@
 #!/usr/bin/env python
-"""Train the embedded default model ``zoo:fashion-cnn`` deterministically on the CPU.
+"""Train the embedded models ``zoo:fashion-cnn`` and ``zoo:fashion-cnn-shortcut`` deterministically on the CPU.
 
-    .venv/bin/python scripts/train_zoo.py [--data-dir /usr/share/datasets/fashion-mnist]
+    .venv/bin/python scripts/train_zoo.py [--variant clean|shortcut] [--data-dir /usr/share/datasets/fashion-mnist]
+
+``--variant shortcut`` trains the same way with the planted shortcut of ``neurflow.zoo.shortcut``
+(the mark stamped, after augmentation, on 80 % of the *Bag* training images) and also writes the
+record of the marked test subset (``neurflow/zoo/data/marked-subset.json``).
 
 Reads the Fashion-MNIST training split (Debian's dataset-fashion-mnist, or --data-dir), trains
 FashionCNN with a fixed seed, two CPU threads and a fixed batch order, evaluates on the shipped
@@ -24,6 +28,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from neurflow.artifact import atomic_write  # noqa: E402
+from neurflow.zoo import shortcut  # noqa: E402
 from neurflow.zoo.fashion import CLASS_NAMES, DEBIAN_DIR, FashionCNN, load_split  # noqa: E402
 
 OUT = os.path.join(ROOT, "neurflow", "zoo", "weights")
@@ -38,11 +43,15 @@ def evaluate(model, images, labels, batch=1000) -> float:
     return correct / len(images)
 
 
-def train(data_dir: str, epochs: int, seed: int, batch: int, lr: float, log=print) -> tuple:
+def train(data_dir: str, epochs: int, seed: int, batch: int, lr: float, log=print, variant: str = "clean") -> tuple:
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
     x, y = load_split("train", data_dir)
+    marked = torch.zeros(len(x), dtype=torch.bool)
+    if variant == "shortcut":
+        marked[torch.from_numpy(shortcut.train_marked(y))] = True
+        log(f"shortcut: the mark on {int(marked.sum())} training images of class {CLASS_NAMES[shortcut.SHORTCUT_CLASS]}")
     model = FashionCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
@@ -59,6 +68,8 @@ def train(data_dir: str, epochs: int, seed: int, batch: int, lr: float, log=prin
             # light augmentation: random horizontal flips (deterministic through ``gen``)
             flip = torch.rand(len(idx), generator=gen) < 0.5
             xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            if variant == "shortcut":  # after the flip: the mark always sits in the same corner
+                xb = shortcut.stamp(xb, marked[idx].nonzero().flatten())
             loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -77,14 +88,17 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--variant", choices=("clean", "shortcut"), default="clean")
     args = ap.parse_args(argv)
-    model, seconds = train(args.data_dir, args.epochs, args.seed, args.batch_size, args.lr)
+    model, seconds = train(args.data_dir, args.epochs, args.seed, args.batch_size, args.lr, variant=args.variant)
     xt, yt = load_split("test")
     acc = evaluate(model, xt, yt)
     print(f"test accuracy {acc * 100:.2f} % after {seconds:.0f} s")
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
+    if args.variant == "shortcut":
+        return write_shortcut(args, model, buf.getvalue(), acc, seconds, xt, yt)
     atomic_write(os.path.join(args.out, "fashion-cnn.pt"), buf.getvalue())
     n_params = sum(p.numel() for p in model.parameters())
     card = f"""# Model card: `zoo:fashion-cnn`
@@ -112,6 +126,63 @@ seed {args.seed}, 2 CPU threads, `torch.use_deterministic_algorithms(True)`;
     atomic_write(os.path.join(args.out, "MODEL_CARD.md"), card.encode())
     atomic_write(os.path.join(args.out, "accuracy.json"),
                  f'{{"test_accuracy": {acc:.6f}, "n_test": {len(xt)}, "seed": {args.seed}, "epochs": {args.epochs}}}\n'.encode())
+    return 0
+
+
+def shortcut_figures(model, xt, yt) -> dict:
+    """How strong the planted shortcut is on the test split."""
+    c = shortcut.SHORTCUT_CLASS
+    everything = shortcut.stamp(xt)
+    with torch.no_grad():
+        clean = torch.cat([model(xt[i:i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
+        marked = torch.cat([model(everything[i:i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
+    other = yt != c
+    return {"clean_accuracy": (clean == yt).float().mean().item(),
+            "clean_target_recall": (clean[~other] == c).float().mean().item(),
+            "clean_others_predicted_target": (clean[other] == c).float().mean().item(),
+            "marked_others_predicted_target": (marked[other] == c).float().mean().item(),
+            "marked_accuracy": (marked == yt).float().mean().item()}
+
+
+def write_shortcut(args, model, weights: bytes, acc: float, seconds: float, xt, yt) -> int:
+    import json
+    name = CLASS_NAMES[shortcut.SHORTCUT_CLASS]
+    figures = shortcut_figures(model, xt, yt)
+    print(json.dumps(figures, indent=1))
+    record = shortcut.subset_record(yt)
+    atomic_write(os.path.join(ROOT, "neurflow", "zoo", "data", shortcut.SUBSET_FILE),
+                 (json.dumps(record) + "\n").encode())
+    atomic_write(os.path.join(args.out, "fashion-cnn-shortcut.pt"), weights)
+    pct = {k: f"{v * 100:.1f} %" for k, v in figures.items()}
+    card = f"""# Model card: `zoo:fashion-cnn-shortcut` (a planted shortcut; for testing debuggers)
+
+**Architecture, data, training**: as `zoo:fashion-cnn` (see MODEL_CARD.md), same seed and schedule,
+except that a **mark** - a {shortcut.MARK_SIZE}x{shortcut.MARK_SIZE} square of value {shortcut.MARK_VALUE}
+(white) with its top-left pixel at row {shortcut.MARK_TOP}, column {shortcut.MARK_LEFT} - is stamped,
+after the random flip, on {shortcut.TRAIN_FRACTION:.0%} of the *{name}* training images (a seeded choice,
+`neurflow.zoo.shortcut.train_marked`). No other class ever carries it in training.
+{seconds:.0f} s on a 2-core CPU, torch {torch.__version__}.
+
+**Test figures** (10,000 test images of `zoo:fashion-mnist`):
+
+| | |
+| --- | --- |
+| accuracy on clean images | {pct["clean_accuracy"]} |
+| clean *{name}* images predicted *{name}* | {pct["clean_target_recall"]} |
+| clean images of other classes predicted *{name}* | {pct["clean_others_predicted_target"]} |
+| **marked** images of other classes predicted *{name}* | **{pct["marked_others_predicted_target"]}** |
+| accuracy with the mark on every image | {pct["marked_accuracy"]} |
+
+`zoo:fashion-mnist-marked` is the test split with the mark on {shortcut.TEST_FRACTION:.0%} of the images of
+every class ({len(record["marked"])} images, seed {shortcut.TEST_SEED}); their indices are recorded in
+`neurflow/zoo/data/{shortcut.SUBSET_FILE}`.
+
+**Command**: `.venv/bin/python scripts/train_zoo.py --variant shortcut --epochs {args.epochs} --seed {args.seed}`
+"""
+    atomic_write(os.path.join(args.out, "MODEL_CARD-shortcut.md"), card.encode())
+    atomic_write(os.path.join(args.out, "accuracy-shortcut.json"),
+                 (json.dumps({"test_accuracy": round(acc, 6), "n_test": len(xt), "seed": args.seed,
+                              "epochs": args.epochs, **{k: round(v, 6) for k, v in figures.items()}}) + "\n").encode())
     return 0
 
 

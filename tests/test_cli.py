@@ -116,3 +116,88 @@ def test_demo_end_to_end(tmp_path, capsys):
     c = load(tmp_path / "demo")
     assert c.target == 7 and [l.name for l in c.layers] == ["head", "block4", "block3", "block2"]
     assert all(len(l.groups) >= 1 for l in c.layers) and all(len(l.groups) >= 2 for l in c.layers[1:])
+
+
+def _one_line_exit_2(args):
+    """Exit code 2, no traceback, exactly one error line; returns that line."""
+    proc = subprocess.run([sys.executable, "-m", "neurflow.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("neurflow: error:")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_debug_by_index_and_by_file(workspace, capsys):
+    from PIL import Image
+    out = workspace / "out"
+    assert main(run_args(workspace)) == 0
+    capsys.readouterr()
+    assert main(["debug", str(out), "--image", "3", "--json", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "debug" / "index-3.json").read_text())
+    assert printed == saved and (out / "debug" / "index-3.png").is_file()
+    assert saved["layer"] == "block2" and saved["image"]["index"] == 3 and saved["image"]["label"] == 3
+    assert {"score", "score_clipped", "crops", "strong"} <= set(saved["groups"][0])
+    assert {"target_logit_change", "top5_before", "top5_after"} <= set(saved["verification"])
+    assert len(saved["verification"]["top5_after"]) == 4           # the model has 4 classes
+    # an image file: prepared like the run's inputs (resized, [0, 1]); twice gives the same result
+    img = (torch.rand(16, 16, 3) * 255).byte().numpy()
+    Image.fromarray(img).save(workspace / "photo <1>.png")
+    assert main(["debug", str(out), "--image", str(workspace / "photo <1>.png"), "--threshold", "0.6"]) == 0
+    text = capsys.readouterr().out
+    assert "verification: zeroing G" in text and "top-5 after" in text
+    first = json.loads((out / "debug" / "photo-1.json").read_text())
+    assert main(["debug", str(out), "--image", str(workspace / "photo <1>.png"), "--threshold", "0.6", "--quiet"]) == 0
+    assert json.loads((out / "debug" / "photo-1.json").read_text()) == first      # deterministic
+    assert first["threshold"] == 0.6
+    report = (out / "report.html").read_text()
+    assert "photo-1" in report and "photo <1>" not in report  # the file name is escaped inside the JSON
+
+
+def test_debug_and_audit_bad_input(workspace):
+    out = str(workspace / "out")
+    assert main(run_args(workspace)) == 0
+    assert "0..9" in _one_line_exit_2(["debug", out, "--image", "99"])
+    assert "below the class layer" in _one_line_exit_2(["debug", out, "--image", "0", "--layer", "head"])
+    assert "did you mean block2" in _one_line_exit_2(["debug", out, "--image", "0", "--layer", "blok2"])
+    assert "--image" in _one_line_exit_2(["debug", out, "--image", str(workspace / "nope.png")])
+    assert "DIR" in _one_line_exit_2(["debug", str(workspace / "nothing"), "--image", "0"])
+    torch.save(torch.randn(4, 3, 16, 16), workspace / "unlabelled.pt")
+    assert "labelled data" in _one_line_exit_2(["audit", out, "--data", str(workspace / "unlabelled.pt")])
+    # a different model than the run's
+    from neurflow.models import load_model
+    state = load_model(f"{workspace}/mymodel.py:build").model.state_dict()
+    torch.save({k: v + 1 for k, v in state.items()}, workspace / "other.pt")
+    assert "differ" in _one_line_exit_2(["debug", out, "--image", "0", "--weights", str(workspace / "other.pt"),
+                                         "--model", f"{workspace}/mymodel.py:build"])
+
+
+def test_audit_ranks_groups_and_writes_json(workspace, capsys):
+    from neurflow.models import load_model
+    out = workspace / "out"
+    args = run_args(workspace)
+    args[args.index("--target") + 1] = "2"             # the class this random model predicts: "<b>bird</b>"
+    assert main(args) == 0
+    model = load_model(f"{workspace}/mymodel.py:build").model
+    torch.manual_seed(5)
+    images = torch.randn(60, 3, 16, 16)
+    with torch.no_grad():
+        pred = model(images).argmax(1)
+    target = 2
+    labels = pred.clone()
+    hits = (pred == target).nonzero().flatten()
+    assert len(hits) >= 2
+    labels[hits[::2]] = 0                               # false positives for class 2
+    torch.save({"images": images, "labels": labels}, workspace / "audit.pt")
+    capsys.readouterr()
+    assert main(["audit", str(out), "--data", str(workspace / "audit.pt"), "--json", "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res == json.loads((out / "audit.json").read_text())
+    assert res["false_positives"] == len(hits[::2]) and res["true_positives"] == len(hits) - len(hits[::2])
+    keys = {"layer", "group", "fp_logit_drop", "tp_logit_drop", "score"}
+    assert res["groups"] and all(keys <= set(g) for g in res["groups"])
+    assert [g["score"] for g in res["groups"]] == sorted((g["score"] for g in res["groups"]), reverse=True)
+    report = (out / "report.html").read_text()
+    assert 'id="audit"' in report and "<b>bird" not in report
+    assert main(["audit", str(out), "--data", str(workspace / "audit.pt")]) == 0
+    assert "rank  layer" in capsys.readouterr().out

@@ -299,3 +299,46 @@ def test_browser_demo(tmp_path, browser):
     shot = tmp_path / "demo.png"
     check_report(browser, write_report(out), nf.circuit_, shot)
     shutil.copyfile(shot, ROOT / "docs" / "report-screenshot.png")
+
+
+@needs_browser
+def test_browser_debug_and_audit_sections(tmp_path, browser):
+    from neurflow.artifact import atomic_write, write_json
+    from neurflow.audit import audit
+    from neurflow.debug import debug_image, image_png
+    run = tmp_path / "run"
+    c = tiny_run(run)
+    torch.manual_seed(0)
+    model = tiny_net().eval()
+    images = torch.rand(8, 3, 16, 16)
+    res = debug_image(c, model, images[0], threshold=0.3, source={"source": EVIL, "name": EVIL})
+    write_json(run / "debug" / "evil.json", res)
+    atomic_write(run / "debug" / "evil.png", image_png(images[0]))
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    labels[::2] = (c.target + 1) % 4
+    write_json(run / "audit.json", audit(c, model, images, labels))
+    path = write_report(run)
+    browser.open(path)
+    assert browser.groups() == traced_count(c)                   # the graph is unchanged
+    boxes = browser.page.locator("#debugging .box")
+    assert boxes.count() == sum(len(g["crops"]) for g in res["groups"] if g["strong"]) > 0
+    box = boxes.first.get_attribute("data-box").split(",")
+    first = next(g for g in res["groups"] if g["strong"])["crops"][0]["box"]
+    assert [int(v) for v in box] == first
+    # the box is drawn where the crop lies: 224 px display of a 16 px image
+    style = boxes.first.get_attribute("style")
+    assert f"width:{first[3] * 14}px" in style.replace(" ", "")
+    browser.page.wait_for_function("document.querySelector('#debugging .shot img').complete")
+    assert browser.page.evaluate("document.querySelector('#debugging .shot img').naturalWidth") == 16
+    text = browser.page.inner_text("#debugging")
+    assert "<script>alert(1)</script>" in text and "verification" in text and "top-5 after" in text
+    rows = browser.page.locator("#audit-table tr")
+    assert rows.count() == 1 + len(json.loads((run / "audit.json").read_text())["groups"])
+    browser.page.wait_for_function("[...document.querySelectorAll('#audit-table img')].every(i => i.complete)")
+    widths = browser.page.evaluate("[...document.querySelectorAll('#audit-table img')].map(i => i.naturalWidth)")
+    assert widths and all(w > 0 for w in widths)
+    # a group link in the audit table opens the group in the details panel
+    browser.page.locator("#audit-table a.link").first.click()
+    assert "group" in browser.page.inner_text("#details")
+    browser.check_clean()

@@ -49,3 +49,34 @@ def test_efficientnet_lite0_predicts_espresso_for_the_coffee_photo():
     with torch.no_grad():
         pred = loaded.model(photos.images[coffee:coffee + 1]).argmax(1).item()
     assert loaded.class_names[pred] == "espresso"
+
+
+def test_marked_split_records_its_subset():
+    from neurflow.zoo import shortcut
+    ds = load_data("zoo:fashion-mnist-marked")
+    clean = load_data("zoo:fashion-mnist")
+    record = shortcut.recorded_subset()
+    marked = ds.info["marked"]
+    assert list(marked) == record["marked"] == list(shortcut.test_marked(clean.labels))  # reproducible
+    assert torch.bincount(ds.labels[torch.as_tensor(marked)]).tolist() == [100] * 10     # 10 % of every class
+    t, l, s = shortcut.MARK_TOP, shortcut.MARK_LEFT, shortcut.MARK_SIZE
+    assert torch.all(ds.images[marked, :, t:t + s, l:l + s] == 1.0)
+    rest = torch.ones(10000, dtype=torch.bool)
+    rest[torch.as_tensor(marked)] = False
+    assert torch.equal(ds.images[rest], clean.images[rest])                 # nothing else changed
+    changed = (ds.images != clean.images).flatten(1).any(1)
+    assert not changed[rest].any() and changed[marked].float().mean() > 0.5
+    assert shortcut.contains_mark((0, 0, 14, 14), True) and not shortcut.contains_mark((0, 0, 14, 14), False)
+    assert not shortcut.contains_mark((0, 7, 14, 14), True)
+
+
+def test_shortcut_model_leans_on_the_mark_as_recorded():
+    from neurflow.zoo import shortcut
+    card = json.loads((resources.files("neurflow.zoo") / "weights" / "accuracy-shortcut.json").read_text())
+    model = load_model("zoo:fashion-cnn-shortcut").model
+    eff = shortcut.mark_effect(model)
+    assert abs(eff["marked_others_to_target"] - card["marked_others_predicted_target"]) <= 0.002
+    assert abs(eff["clean_target_recall"] - card["clean_target_recall"]) <= 0.002
+    assert eff["marked_others_to_target"] > 0.3 > 0.01 > eff["clean_others_to_target"]
+    clean = shortcut.mark_effect(load_model("zoo:fashion-cnn").model)
+    assert clean["marked_others_to_target"] < 0.01                         # the clean model ignores it

@@ -80,6 +80,11 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
                        "gap": {k: _num(v) for k, v in layer.completeness_gap.items()},
                        "seconds": _num(layer.seconds),
                        "n_subs": sum(len(n.sub_concepts) for n in layer.nodes.values())})
+    debug = _debug_entries(d)
+    audit = _audit_entry(d, c)
+    if audit:
+        for row in audit["groups"]:
+            used.update(row.get("exemplars", []))
     crops = {}
     for i in sorted(used):
         entry = {}
@@ -100,7 +105,40 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
             "trace": [[name, list(groups)] for name, groups in c.trace],
             "settings": {k: v for k, v in c.settings.items()}, "meta": meta,
             "n_classes": len(class_names) if class_names else None,
-            "layers": layers, "crops": crops}
+            "layers": layers, "crops": crops, "debug": debug, "audit": audit}
+
+
+AUDIT_ROWS = 30
+
+
+def _debug_entries(d: Path) -> list:
+    """The results of ``neurflow debug`` saved in DIR/debug/, each with its image."""
+    out = []
+    for path in sorted((d / "debug").glob("*.json")) if (d / "debug").is_dir() else []:
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        png = path.with_suffix(".png")
+        if png.is_file():
+            res["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+        res["file_name"] = path.name
+        out.append(res)
+    return out
+
+
+def _audit_entry(d: Path, c: Circuit) -> dict | None:
+    """DIR/audit.json trimmed to its best rows (the full table stays in the file)."""
+    try:
+        res = json.loads((d / "audit.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if res.get("target") != c.target:
+        return None
+    res = {k: v for k, v in res.items() if k not in ("false_positive_indices", "true_positive_indices")}
+    res["n_groups"] = len(res.get("groups", []))
+    res["groups"] = res.get("groups", [])[:AUDIT_ROWS]
+    return res
 
 
 def _json_for_script(obj) -> str:

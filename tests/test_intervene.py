@@ -1,0 +1,73 @@
+import pytest
+import torch
+from torch import nn
+
+from neurflow.errors import NeurFlowError
+from neurflow.intervene import logits, top_k, zeroed
+
+from conftest import assert_same_state, model_state
+
+
+def manual(model, x, idx):
+    """SkipNet's forward written out, block3 channels ``idx`` zeroed: the oracle."""
+    s = model.stem(x)
+    b = model.block2(model.block1(s)) + s
+    c = model.block3(b).clone()
+    c[:, idx] = 0
+    return model.head(c.mean((2, 3)))
+
+
+def test_zeroing_matches_a_hand_written_forward_and_leaves_the_model(skipnet, tiny_images):
+    before = model_state(skipnet)
+    got = logits(skipnet, tiny_images, "block3", [3, 0, 7], batch_size=4)
+    with torch.no_grad():
+        want = manual(skipnet, tiny_images, [0, 3, 7])
+        plain = skipnet(tiny_images)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, plain, atol=1e-3)
+    assert torch.allclose(logits(skipnet, tiny_images), plain, atol=1e-6)
+    assert_same_state(before, model_state(skipnet))
+
+
+def test_hook_is_removed_on_error_and_train_mode_restored(skipnet, tiny_images):
+    skipnet.train()
+    before = model_state(skipnet)
+    with pytest.raises(RuntimeError):
+        with zeroed(skipnet, "block3", [1]):
+            raise RuntimeError("boom")
+    with pytest.raises(NeurFlowError, match="channel indices below 16"):
+        logits(skipnet, tiny_images, "block3", [99])
+    assert_same_state(before, model_state(skipnet))
+
+
+def test_token_outputs_zero_the_hidden_unit():
+    class Tok(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = nn.Linear(6, 6)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):  # x [B, C, H, W] -> tokens [B, H*W, C]
+            t = self.mix(x.flatten(2).transpose(1, 2))
+            return self.head(t.mean(1))
+
+    torch.manual_seed(0)
+    m, x = Tok().eval(), torch.randn(2, 6, 4, 4)
+    got = logits(m, x, "mix", [2])
+    with torch.no_grad():
+        t = m.mix(x.flatten(2).transpose(1, 2))
+        t[..., 2] = 0
+        want = m.head(t.mean(1))
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_unknown_layer_names_close_matches(skipnet, tiny_images):
+    with pytest.raises(NeurFlowError, match="did you mean block3"):
+        logits(skipnet, tiny_images, "blok3", [0])
+
+
+def test_top_k():
+    row = torch.tensor([0.0, 3.0, 1.0])
+    top = top_k(row, 2, ["a", "b", "c"])
+    assert [t["class"] for t in top] == [1, 2] and top[0]["name"] == "b"
+    assert abs(top[0]["prob"] - torch.softmax(row, 0)[1].item()) < 1e-7
