@@ -65,13 +65,29 @@ class Group:
     id: int
     members: tuple              # ((neuron, sub_concept), ...) ordered by distance to the centre
     neurons: tuple              # distinct member neurons, same order
+    label: Mapping | None = None     # {"text", "labeler", "confidence", "evidence", "check"} (neurflow label)
+    relation: Mapping | None = None  # {"text", "labeler", "lower": [group ids], ...}: how the lower groups feed it
 
     def to_json(self) -> dict:
-        return {"id": self.id, "members": [list(m) for m in self.members], "neurons": list(self.neurons)}
+        d = {"id": self.id, "members": [list(m) for m in self.members], "neurons": list(self.neurons)}
+        if self.label is not None:
+            d["label"] = _plain(self.label)
+        if self.relation is not None:
+            d["relation"] = _plain(self.relation)
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Group":
-        return cls(d["id"], tuple(tuple(m) for m in d["members"]), tuple(d["neurons"]))
+        label = d.get("label")
+        if isinstance(label, str):  # a bare caption
+            label = {"text": label}
+        return cls(d["id"], tuple(tuple(m) for m in d["members"]), tuple(d["neurons"]),
+                   _frozen_map(label) if label is not None else None,
+                   _frozen_map(d["relation"]) if d.get("relation") is not None else None)
+
+    @property
+    def label_text(self) -> str | None:
+        return None if self.label is None else self.label.get("text")
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the ranked table")
     _add_reopen_flags(p, data=False)
+
+    p = sub.add_parser("label", help="label the circuit's groups with a labeler (vlm, annotations, clip)")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--labeler", required=True, help="vlm, annotations or clip")
+    p.add_argument("--groups", choices=("traced", "all"), default=None,
+                   help="label the traced groups or every group (default: traced for vlm, all otherwise)")
+    p.add_argument("--layers", help="comma-separated layers to label (default: every layer below the class layer)")
+    p.add_argument("--no-check", action="store_true", help="skip the caption check")
+    p.add_argument("--no-relations", action="store_true", help="skip the relation captions (vlm)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the check's random crops (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the labels as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("vlm")
+    g.add_argument("--base-url", help="OpenAI-compatible API base, e.g. https://api.openai.com/v1, http://localhost:11434/v1")
+    g.add_argument("--model", help="the multimodal chat model, e.g. gpt-4o")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (default: OPENAI_API_KEY)")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
+    g.add_argument("--retries", type=int, default=3, help="retries after a failed request (default: 3)")
+    g.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time (default: 1)")
+    g.add_argument("--cache-dir", help="answer cache (default: $XDG_CACHE_HOME/neurflow/vlm)")
+    g = p.add_argument_group("annotations")
+    g.add_argument("--annotations", help="CSV or JSON of image tags (optionally boxes), or 'zoo' for zoo data")
+    g = p.add_argument_group("clip")
+    g.add_argument("--clip-model", help="open_clip architecture (default: ViT-B-32)")
+    g.add_argument("--clip-weights", help="local CLIP weights: checkpoint file (open_clip) or model folder (transformers)")
+    g.add_argument("--words", help="word list, one per line (default: a built-in list of visual words)")
     return ap
+
+
+LABELER_OPTIONS = {"vlm": ("base_url", "model", "api_key_env", "timeout", "retries", "backoff", "cache_dir"),
+                   "annotations": ("annotations",), "clip": ("clip_model", "clip_weights", "words")}
+
+
+def cmd_label(args) -> int:
+    import json
+
+    from .labels import get_labeler, label_run
+    from .report import write_report
+    from .show import labels_summary
+
+    from .artifact import load
+    load(args.dir)  # a clear error for a wrong DIR before contacting anything
+    options = {k: getattr(args, k) for k in LABELER_OPTIONS.get(args.labeler, ())}
+    labeler = get_labeler(args.labeler, **options)
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    result = label_run(args.dir, labeler, args.groups, layers, not args.no_check, not args.no_relations,
+                       args.seed, args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(labels_summary(result))
+    report = write_report(args.dir)
+    if not args.json:
+        print(f"\nlabels written to {args.dir}/circuit.json; report: {report}")
+    return 0
 
 
 def _add_reopen_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -266,7 +320,8 @@ def main(argv=None) -> int:
                         format="neurflow: %(message)s")
     try:
         return {"layers": cmd_layers, "run": cmd_run, "demo": cmd_demo, "show": cmd_show,
-                "report": cmd_report, "debug": cmd_debug, "audit": cmd_audit}[args.command](args)
+                "report": cmd_report, "debug": cmd_debug, "audit": cmd_audit,
+                "label": cmd_label}[args.command](args)
     except NeurFlowError as exc:
         print(f"neurflow: error: {exc}", file=sys.stderr)
         return 2

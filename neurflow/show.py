@@ -29,6 +29,15 @@ def summary(c: Circuit) -> str:
             neurons = ",".join(str(n) for n in grp.neurons[:6]) + ("..." if len(grp.neurons) > 6 else "")
             parts.append(f"G{g}[{neurons}]")
         lines.append(f"  {layer_name:<26} " + "  ".join(parts))
+    labelled = [(layer.name, g) for layer in c.layers for g in layer.groups if g.label is not None]
+    if labelled:
+        lines += ["", "labels:"]
+        for name, g in labelled:
+            lines.append(f"  {name}/G{g.id}: {_label_line(dict(g.label))}")
+            if g.relation is not None:
+                rel = g.relation
+                lines.append(f"      fed by {rel.get('lower_layer')} groups {list(rel.get('lower', []))}: "
+                             + str(rel.get("text", "")).replace("\n", " / "))
     timings = meta.get("timings_s") or {}
     if timings:
         lines += ["", "timings (s): " + ", ".join(f"{k}={v}" for k, v in timings.items())]
@@ -82,4 +91,24 @@ def audit_summary(d: dict, limit: int = 20) -> str:
                      f"{r['fp_fixed'] * 100:>9.1f}%{r['tp_kept'] * 100:>8.1f}%")
     if len(d["groups"]) > limit:
         lines.append(f"  ... {len(d['groups']) - limit} more groups in the JSON")
+    return "\n".join(lines)
+
+
+def _label_line(lab: dict) -> str:
+    conf = lab.get("confidence")
+    check = lab.get("check")
+    extra = [f"confidence {conf:.2f}" if isinstance(conf, (int, float)) else None,
+             f"check precision {check['precision']:.2f} recall {check['recall']:.2f}" if check else None]
+    return f"\"{lab.get('text')}\" ({lab.get('labeler', '?')}" + "".join(f", {e}" for e in extra if e) + ")"
+
+
+def labels_summary(result: dict) -> str:
+    """Text form of ``neurflow label``'s result."""
+    lines = [f"{result['labels']} group label(s) and {result['relations']} relation caption(s) "
+             f"from the {result['labeler']} labeler:"]
+    for g in result["groups"]:
+        lines.append(f"  {g['layer']}/G{g['group']}: {_label_line(g)}")
+        if g.get("relation"):
+            lines.append(f"      fed by {g['relation']['lower_layer']} groups {g['relation']['lower']}: "
+                         + g["relation"]["text"].replace("\n", " / "))
     return "\n".join(lines)

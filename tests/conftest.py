@@ -57,6 +57,19 @@ def tiny_net() -> nn.Module:
     return namespace["build"]()
 
 
+def tiny_run(out):
+    """A small real run saved in ``out`` (seconds): TINY_NET_PY's seeded CNN, 8 random images."""
+    from neurflow import NeurFlow
+    torch.manual_seed(0)
+    model = tiny_net().eval()
+    images = torch.rand(8, 3, 16, 16)
+    with torch.no_grad():
+        target = int(torch.mode(model(images).argmax(1)).values)
+    nf = NeurFlow(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5)).fit(
+        model, images, target, ["head", "block2", "block1", "stem"], out=out)
+    return nf.circuit_
+
+
 @pytest.fixture
 def skipnet():
     torch.manual_seed(0)

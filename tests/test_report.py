@@ -24,7 +24,7 @@ from neurflow.circuit import Circuit, Group, Layer, Node, SubConcept
 from neurflow.cli import main
 from neurflow.report import REPORT, write_report
 
-from conftest import TINY_NET_PY as MODEL_PY, tiny_net
+from conftest import TINY_NET_PY as MODEL_PY, tiny_net, tiny_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,18 +43,6 @@ needs_browser = pytest.mark.skipif(
 
 # ---------------------------------------------------------------------------------------------
 # artifacts
-def tiny_run(out: Path) -> Circuit:
-    """A small real run (seconds): seeded CNN, random images."""
-    torch.manual_seed(0)
-    model = tiny_net().eval()
-    images = torch.rand(8, 3, 16, 16)
-    with torch.no_grad():
-        target = int(torch.mode(model(images).argmax(1)).values)
-    nf = NeurFlow(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5)).fit(
-        model, images, target, ["head", "block2", "block1", "stem"], out=out)
-    return nf.circuit_
-
-
 def _png(rgb, size: int = 16) -> bytes:
     from PIL import Image
     buf = io.BytesIO()
@@ -341,4 +329,41 @@ def test_browser_debug_and_audit_sections(tmp_path, browser):
     # a group link in the audit table opens the group in the details panel
     browser.page.locator("#audit-table a.link").first.click()
     assert "group" in browser.page.inner_text("#details")
+    browser.check_clean()
+
+
+@needs_browser
+def test_browser_shows_labels_checks_and_relations(tmp_path, browser):
+    from neurflow.labels import label_run
+    from neurflow.labels.base import Label, Labeler
+
+    class Evil(Labeler):
+        """Labels every group with EVIL, picks the first two crops, captions relations with EVIL."""
+        name, can_check, can_relate = "evil", True, True
+
+        def label_group(self, run, layer, group):
+            return Label(EVIL, self.name, 0.5, {"why": EVIL})
+
+        def pick(self, run, text, crops):
+            return [0, 1]
+
+        def label_relation(self, run, layer, group, lower, feeders):
+            return {"text": EVIL + "\nline 2", "labeler": self.name, "lower_layer": lower.name,
+                    "lower": [g.id for g in feeders]}
+
+    c = tiny_run(tmp_path / "run")
+    label_run(tmp_path / "run", Evil())
+    path = write_report(tmp_path / "run")
+    browser.open(path)
+    name, ids = c.trace[1]
+    node = browser.page.locator(f'[data-group="{name}/{ids[0]}"]')
+    assert EVIL.strip()[:20] in node.inner_text()
+    node.click()
+    details = browser.page.inner_text("#details")
+    assert "label by evil, confidence 0.5; caption check: precision" in details
+    assert browser.page.locator("#details .label").first.inner_text().strip() == EVIL.strip()
+    rel = load(tmp_path / "run").layer(name).groups[ids[0]].relation
+    if rel is not None:
+        assert browser.page.locator("#details .relation").inner_text().startswith(EVIL.split("\u202e")[0].strip()[:10])
+    assert browser.page.evaluate("document.querySelectorAll('script').length") == 2
     browser.check_clean()

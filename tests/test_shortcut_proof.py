@@ -31,6 +31,13 @@ def test_audit_finds_the_planted_shortcut_and_not_on_the_clean_model(tmp_path):
     scores = [g["score"] for g in sc["audit"]["groups"]]
     assert scores[0] >= 1.5 * max(scores[1], 0.0) and scores[0] > 0
 
+    # the annotations labeler names the audited mark group by the mark tag (zoo annotations)
+    from neurflow import load
+    from neurflow.labels import get_labeler, label_run
+    label_run(tmp_path / "shortcut", get_labeler("annotations", annotations="zoo"))
+    label = load(tmp_path / "shortcut").layer(top["layer"]).groups[top["group"]].label
+    assert label["text"] == "mark" and label["confidence"] >= 0.9
+
     clean = audit_proof("fashion-cnn", tmp_path / "clean")
     # no group of the model without a shortcut stands out the same way
     assert clean["top"]["mark_share"] < 0.5

@@ -31,13 +31,23 @@ def _num(x, digits: int = 4):
     return float(f"{x:.{digits}g}")
 
 
-def _labels(doc: dict) -> dict:
-    """``{(layer, group id): label}`` from circuit.json (a later schema may add ``label``)."""
+def _label_fields(g) -> dict:
+    """The label of a group for the viewer: ``label`` (text), ``label_info`` and ``relation``."""
     out = {}
-    for layer in doc.get("layers", []):
-        for g in layer.get("groups", []):
-            if g.get("label") is not None:
-                out[(layer["name"], g["id"])] = str(g["label"])
+    if g.label is not None:
+        lab = dict(g.label)
+        out["label"] = str(lab.get("text"))
+        info = {"labeler": lab.get("labeler"), "confidence": _num(lab["confidence"]) if isinstance(
+            lab.get("confidence"), (int, float)) else None}
+        check = lab.get("check")
+        if check is not None:
+            info["check"] = {k: _num(check[k]) for k in ("precision", "recall") if k in check}
+            info["check"].update({k: int(check[k]) for k in ("n_true", "n_random") if k in check})
+        out["label_info"] = info
+    if g.relation is not None:
+        rel = dict(g.relation)
+        out["relation"] = {"text": str(rel.get("text", "")), "labeler": rel.get("labeler"),
+                           "lower_layer": rel.get("lower_layer"), "lower": [int(x) for x in rel.get("lower", [])]}
     return out
 
 
@@ -45,10 +55,6 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
     """The data the viewer draws, as plain JSON-able objects."""
     d = Path(directory)
     c = circuit if circuit is not None else load(d)
-    try:
-        labels = _labels(json.loads((d / "circuit.json").read_text()))
-    except (OSError, ValueError):
-        labels = {}
     crop_image = c.arrays.get("crop_image")
     crop_box = c.arrays.get("crop_box")
     files = c.meta.get("files") or None
@@ -69,10 +75,7 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
         groups = []
         for g in layer.groups:
             grp = {"id": g.id, "members": [list(m) for m in g.members], "neurons": list(g.neurons)}
-            label = getattr(g, "label", None)
-            label = labels.get((layer.name, g.id)) if label is None else str(label)
-            if label is not None:
-                grp["label"] = label
+            grp.update(_label_fields(g))
             groups.append(grp)
         layers.append({"name": layer.name, "lower": layer.lower, "nodes": nodes, "groups": groups,
                        "edges": {str(a): {str(b): _num(w) for b, w in row.items()}

@@ -1,0 +1,217 @@
+"""The ``vlm`` labeler against a local OpenAI-compatible server started by the tests."""
+import base64
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from neurflow import load
+from neurflow.cli import main
+from neurflow.labels import get_labeler, label_run
+
+from conftest import tiny_run
+
+KEY = "sk-test-SECRET-1234567890"
+MODEL = "test-vlm"
+
+
+class FakeAPI:
+    """An OpenAI-compatible chat-completions server on 127.0.0.1 that checks every request and
+    answers deterministically.  ``mode``: ok, 500, slow, malformed, nochoices, 401, flaky."""
+
+    def __init__(self, mode="ok"):
+        self.mode, self.requests, self.problems, self.hits = mode, [], [], 0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                api.hits += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                api.check(self.path, self.headers, body)
+                if api.mode == "slow":
+                    time.sleep(1.0)
+                if api.mode == "500" or (api.mode == "flaky" and api.hits % 2 == 1):
+                    return self.reply(500, b'{"error": "overloaded, your key ' + KEY.encode() + b' is fine"}')
+                if api.mode == "401":
+                    return self.reply(401, b'{"error": "bad key"}')
+                if api.mode == "malformed":
+                    return self.reply(200, b"<html>not json</html>")
+                if api.mode == "nochoices":
+                    return self.reply(200, b'{"object": "chat.completion", "choices": []}')
+                text = api.answer(json.loads(body))
+                self.reply(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode())
+
+            def reply(self, code, data):
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def check(self, path, headers, raw):
+        try:
+            body = json.loads(raw)
+            assert path == "/v1/chat/completions", path
+            assert headers.get("Authorization") == f"Bearer {KEY}", "no or wrong bearer key"
+            assert headers.get("Content-Type") == "application/json"
+            assert body["model"] == MODEL and body["messages"][0]["role"] == "user"
+            images = [p for p in body["messages"][0]["content"] if p["type"] == "image_url"]
+            assert images, "no images"
+            for p in images:
+                url = p["image_url"]["url"]
+                head, data = url.split(",", 1)
+                assert head == "data:image/png;base64", head
+                assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n"), "MIME type does not match the bytes"
+            self.requests.append(body)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the test
+            self.problems.append(repr(exc))
+
+    @staticmethod
+    def answer(body) -> str:
+        parts = body["messages"][0]["content"]
+        text = parts[0]["text"]
+        n = sum(p["type"] == "image_url" for p in parts)
+        if text.startswith("Here are"):
+            return "The matching images are [1, 2]."
+        if text.startswith("A higher-level"):
+            names = [p["text"][:-1] for p in parts[2:] if p["type"] == "text"]
+            return "\n".join(f"{name}: its edges form the corners of H" for name in names)
+        digest = sum(base64.b64decode(p["image_url"]["url"].split(",", 1)[1])[-20] for p in parts if p["type"] == "image_url")
+        return f"dark rounded patches ({n} images, {digest % 97})"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def api():
+    servers = []
+
+    def start(mode="ok"):
+        servers.append(FakeAPI(mode))
+        return servers[-1]
+    yield start
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    tiny_run(tmp_path / "run")
+    return tmp_path / "run"
+
+
+def vlm_args(run_dir, url, cache, *extra):
+    return ["label", str(run_dir), "--labeler", "vlm", "--base-url", url, "--model", MODEL,
+            "--api-key-env", "NF_TEST_KEY", "--cache-dir", str(cache), "--quiet", *extra]
+
+
+def test_labels_checks_relations_and_request_shape(run_dir, api, tmp_path, capsys, caplog):
+    server = api("ok")
+    caplog.set_level(logging.DEBUG)
+    assert main(vlm_args(run_dir, server.url, tmp_path / "cache")) == 0
+    assert not server.problems, server.problems
+    out = capsys.readouterr()
+    c = load(run_dir)
+    traced = dict(c.trace)
+    labelled = [(l.name, g.id) for l in c.layers for g in l.groups if g.label is not None]
+    assert sorted(labelled) == sorted((l.name, g) for l in c.layers[1:] for g in traced[l.name])  # the traced groups
+    for name, gid in labelled:
+        g = c.layer(name).groups[gid]
+        assert g.label["labeler"] == "vlm" and g.label["text"].startswith("dark rounded patches")
+        check = g.label["check"]
+        # the server picks images 1 and 2 of the mixed list: scored by position, not by neuron id
+        shown, true = check["shown"], check["true"]
+        assert check["picked"] == shown[:2]
+        hits = len(set(shown[:2]) & set(true))
+        assert check["precision"] == pytest.approx(hits / 2) and check["recall"] == pytest.approx(hits / len(true))
+        assert check["n_random"] == len(shown) - len(true) and set(true) <= set(shown)
+    # prompts: group captions carry the group's display exemplars; checks number the images
+    kinds = [r["messages"][0]["content"][0]["text"][:9] for r in server.requests]
+    assert kinds.count("The 6 ima") + sum(k.startswith("The ") for k in kinds) >= len(labelled)
+    checks = [r for r in server.requests if r["messages"][0]["content"][0]["text"].startswith("Here are")]
+    assert len(checks) == len(labelled)
+    numbered = [p["text"] for p in checks[0]["messages"][0]["content"][1:] if p["type"] == "text"]
+    assert numbered[:2] == ["Image 1:", "Image 2:"]
+    assert all(r["temperature"] == 0 for r in server.requests)
+    # relations: a traced group of the analysed layer above the lowest one, with its feeders
+    rel = [g for l in c.layers for g in l.groups if g.relation is not None]
+    assert all("corners of H" in g.relation["text"] for g in rel)
+    # the key is nowhere: output, logs, artifact, cache
+    blob = out.out + out.err + caplog.text + (run_dir / "circuit.json").read_text() + (run_dir / "report.html").read_text()
+    blob += "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
+    assert KEY not in blob
+    assert "dark rounded patches" in (run_dir / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["show", str(run_dir)]) == 0
+    assert "labels:" in capsys.readouterr().out
+
+
+def test_a_rerun_is_answered_from_the_cache(run_dir, api, tmp_path):
+    server = api("ok")
+    lab = get_labeler("vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c")
+    first = label_run(run_dir, lab)
+    sent = server.hits
+    assert sent > 0 and lab.client.calls == sent
+    lab2 = get_labeler("vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c")
+    assert label_run(run_dir, lab2) == first
+    assert server.hits == sent and lab2.client.calls == 0          # nothing sent the second time
+    # another model name is another cache key: asked again
+    lab3 = get_labeler("vlm", base_url=server.url, model="other", api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c")
+    label_run(run_dir, lab3)
+    assert server.hits == 2 * sent and lab3.client.calls == sent
+    assert len(server.problems) == sent and all("other" in p for p in server.problems)
+
+
+@pytest.mark.parametrize("mode,needle", [("500", "HTTP 500"), ("slow", "timed out"), ("malformed", "malformed reply"),
+                                         ("nochoices", "malformed reply"), ("401", "--api-key-env")])
+def test_failing_endpoints_end_in_one_line_and_leave_the_artifact(run_dir, api, tmp_path, mode, needle):
+    server = api(mode)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    args = vlm_args(run_dir, server.url, tmp_path / "cache", "--timeout", "0.3", "--retries", "2", "--backoff", "0.01")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "neurflow.cli", *args], capture_output=True, text=True,
+                          env={**__import__("os").environ, "NF_TEST_KEY": KEY})
+    assert proc.returncode == 2, proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("neurflow: error:")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert KEY not in proc.stderr + proc.stdout
+    assert server.hits == (1 if mode == "401" else 3)               # 1 try + 2 retries, no retry on 401
+    assert time.perf_counter() - t0 < 30
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after == before                                         # the artifact is unchanged
+
+
+def test_flaky_endpoint_recovers_with_retries(run_dir, api, tmp_path):
+    server = api("flaky")                                          # every other request fails with 500
+    lab = get_labeler("vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c",
+                      retries=2, backoff=0.01)
+    res = label_run(run_dir, lab, check=False, relations=False)
+    assert res["labels"] > 0 and server.hits == 2 * res["labels"]
+
+
+def test_bad_vlm_options(run_dir):
+    from neurflow.errors import NeurFlowError
+    with pytest.raises(NeurFlowError, match="--base-url"):
+        get_labeler("vlm", base_url="localhost:8000", model=MODEL)
+    with pytest.raises(NeurFlowError, match="--model"):
+        get_labeler("vlm", base_url="http://127.0.0.1:9/v1", model=None)
+    with pytest.raises(NeurFlowError, match="did you mean vlm"):
+        get_labeler("vml")
