@@ -134,6 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-model", help="open_clip architecture (default: ViT-B-32)")
     g.add_argument("--clip-weights", help="local CLIP weights: checkpoint file (open_clip) or model folder (transformers)")
     g.add_argument("--words", help="word list, one per line (default: a built-in list of visual words)")
+
+    p = sub.add_parser("eval", help="the paper's experiments on a run: fidelity, mct, edge-correlation, methods, "
+                                    "aggregation, optimality, k, crop-sizes, overlap, weight-norm, all")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("--json", action="store_true", help="print the JSON result(s)")
+    from .evaluate.common import Options
+    d = Options()
+    p.add_argument("--draws", type=int, default=d.draws, help=f"random baselines per setting, E1 (default: {d.draws})")
+    p.add_argument("--subsets", type=int, default=d.subsets, help=f"random channel subsets per size, E3-E5 (default: {d.subsets})")
+    p.add_argument("--sizes", default=",".join(map(str, d.sizes)), help="subset sizes, E3-E5 (default: %(default)s)")
+    p.add_argument("--random-sets", type=int, default=d.random_sets, help=f"random sets against the core set, E6 (default: {d.random_sets})")
+    p.add_argument("--nodes", type=int, default=d.nodes, help=f"nodes per layer below the class layer, E3/E5/E6/E11 (default: {d.nodes})")
+    p.add_argument("--max-crops", type=int, default=d.max_crops,
+                   help=f"crops drawn from the pool for top-k overlaps, 0 = all (default: {d.max_crops})")
+    p.add_argument("--max-images", type=int, default=d.max_images, help=f"class images for NeuronMCT's IG, E2/E10 (default: {d.max_images})")
+    p.add_argument("--ks", default=",".join(map(str, d.ks)), help="values of k, E8 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw (default: %(default)s)")
+    _add_reopen_flags(p)
     return ap
 
 
@@ -307,6 +326,40 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+
+    from .evaluate import Options, run_eval
+    from .reopen import reopen
+    from .report import write_report
+
+    def ints(text, flag):
+        try:
+            return tuple(int(t) for t in str(text).split(",") if t.strip())
+        except ValueError:
+            raise NeurFlowError(flag, "comma-separated integers", text) from None
+    for flag in ("draws", "subsets", "random_sets", "nodes", "max_images"):
+        if getattr(args, flag) < 1:
+            raise NeurFlowError("--" + flag.replace("_", "-"), "an integer >= 1", getattr(args, flag))
+    opts = Options(draws=args.draws, subsets=args.subsets, sizes=ints(args.sizes, "--sizes"),
+                   random_sets=args.random_sets, nodes=args.nodes, max_crops=args.max_crops,
+                   max_images=args.max_images, ks=ints(args.ks, "--ks"), seed=args.seed,
+                   batch_size=args.batch_size, device=args.device, quiet=args.quiet)
+    run = reopen(args.dir, args.model, args.weights, args.data, args.transform, need_data=True,
+                 trust_checkpoint=args.trust_checkpoint)
+    results = run_eval(run, args.experiment, opts)
+    if args.json:
+        print(json.dumps(results[args.experiment] if len(results) == 1 else results, indent=1))
+    else:
+        from .show import eval_summary
+        for name, res in results.items():
+            print(eval_summary(name, res))
+    report = write_report(args.dir)
+    if not args.json:
+        print(f"\nwritten: {args.dir}/eval/; report: {report}")
+    return 0
+
+
 def cmd_show(args) -> int:
     from .artifact import load
     from .show import summary
@@ -321,7 +374,7 @@ def main(argv=None) -> int:
     try:
         return {"layers": cmd_layers, "run": cmd_run, "demo": cmd_demo, "show": cmd_show,
                 "report": cmd_report, "debug": cmd_debug, "audit": cmd_audit,
-                "label": cmd_label}[args.command](args)
+                "label": cmd_label, "eval": cmd_eval}[args.command](args)
     except NeurFlowError as exc:
         print(f"neurflow: error: {exc}", file=sys.stderr)
         return 2

@@ -50,12 +50,17 @@ def zeroed(model: nn.Module, layer: str, neurons: Sequence[int]):
 
 
 def logits(model: nn.Module, images: torch.Tensor, layer: str | None = None, neurons: Sequence[int] = (),
-           batch_size: int = 64, device="cpu") -> torch.Tensor:
+           batch_size: int = 64, device="cpu", zero: dict | None = None) -> torch.Tensor:
     """The model's outputs for ``images`` (in eval mode, no gradients), with ``neurons`` of
-    ``layer`` zeroed when ``layer`` is given.  Returns a float CPU tensor [N, classes]."""
+    ``layer`` zeroed when ``layer`` is given, and the channels of every layer in ``zero``
+    ({layer: neurons}).  Returns a float CPU tensor [N, classes]."""
     outs = []
-    ctx = zeroed(model, layer, neurons) if layer is not None else contextlib.nullcontext()
-    with preserved(model), ctx, torch.no_grad():
+    plan = dict(zero or {})
+    if layer is not None:
+        plan[layer] = sorted(set(plan.get(layer, ())) | {int(n) for n in neurons})
+    with preserved(model), contextlib.ExitStack() as stack, torch.no_grad():
+        for name, chans in plan.items():
+            stack.enter_context(zeroed(model, name, chans))
         for start in range(0, images.shape[0], batch_size):
             o = model(images[start:start + batch_size].to(device))
             if not isinstance(o, torch.Tensor) or o.ndim != 2:

@@ -112,3 +112,37 @@ def labels_summary(result: dict) -> str:
             lines.append(f"      fed by {g['relation']['lower_layer']} groups {g['relation']['lower']}: "
                          + g["relation"]["text"].replace("\n", " / "))
     return "\n".join(lines)
+
+
+EVAL_SKIP = {"points", "random", "mct_neurons", "core_neurons", "layers_intervened", "share"}
+
+
+def eval_tables(r: dict) -> list[tuple[str, list, list]]:
+    """The main tables of an eval result: (name, columns, rows of values)."""
+    out = []
+    for key in ("layers", "multi_layer", "nodes", "methods", "ks"):
+        rows = r.get(key)
+        if not rows:
+            continue
+        cols = [c for c in rows[0] if c not in EVAL_SKIP]
+        if rows and "share" in rows[0]:
+            cols += [f"{s} px" for s in rows[0]["share"]]
+            rows = [{**row, **{f"{s} px": v for s, v in row["share"].items()}} for row in rows]
+        out.append((key, cols, [[row.get(c) for c in cols] for row in rows]))
+    return out
+
+
+def eval_summary(name: str, r: dict) -> str:
+    """Text form of one ``neurflow eval`` result: its main tables and notes."""
+    lines = [f"== {r.get('experiment', name)} (class {r.get('target')})"]
+
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    for key, cols, rows in eval_tables(r):
+        width = max(10, *(len(c) for c in cols))
+        lines.append(f"[{key}]")
+        lines.append("  " + "  ".join(f"{c:>{width}}" for c in cols))
+        lines += ["  " + "  ".join(f"{fmt(v):>{width}}" for v in row) for row in rows]
+    for note in r.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

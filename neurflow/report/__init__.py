@@ -108,7 +108,30 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
             "trace": [[name, list(groups)] for name, groups in c.trace],
             "settings": {k: v for k, v in c.settings.items()}, "meta": meta,
             "n_classes": len(class_names) if class_names else None,
-            "layers": layers, "crops": crops, "debug": debug, "audit": audit}
+            "layers": layers, "crops": crops, "debug": debug, "audit": audit, "eval": _eval_entries(d)}
+
+
+def _eval_entries(d: Path) -> list:
+    """The results of ``neurflow eval`` in DIR/eval/: main tables, notes and the plot."""
+    from ..show import eval_tables
+    out = []
+    folder = d / "eval"
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.name.endswith(".partial.json"):
+            continue
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        entry = {"name": path.stem, "experiment": str(res.get("experiment", path.stem)), "notes": res.get("notes", []),
+                 "tables": [{"name": k, "columns": cols, "rows": [[_num(v) if isinstance(v, float) else v for v in row]
+                                                                    for row in rows]}
+                            for k, cols, rows in eval_tables(res)]}
+        png = path.with_suffix(".png")
+        if png.is_file():
+            entry["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+        out.append(entry)
+    return out
 
 
 AUDIT_ROWS = 30
