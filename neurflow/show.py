@@ -139,10 +139,10 @@ def eval_summary(name: str, r: dict) -> str:
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
     for key, cols, rows in eval_tables(r):
-        width = max(10, *(len(c) for c in cols))
+        widths = [max(len(c), *(len(fmt(row[i])) for row in rows)) for i, c in enumerate(cols)]
         lines.append(f"[{key}]")
-        lines.append("  " + "  ".join(f"{c:>{width}}" for c in cols))
-        lines += ["  " + "  ".join(f"{fmt(v):>{width}}" for v in row) for row in rows]
+        lines.append("  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths)))
+        lines += ["  " + "  ".join(f"{fmt(v):>{w}}" for v, w in zip(row, widths)) for row in rows]
     for note in r.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -367,3 +367,21 @@ def test_browser_shows_labels_checks_and_relations(tmp_path, browser):
         assert browser.page.locator("#details .relation").inner_text().startswith(EVIL.split("\u202e")[0].strip()[:10])
     assert browser.page.evaluate("document.querySelectorAll('script').length") == 2
     browser.check_clean()
+
+
+@needs_browser
+def test_browser_eval_section(tmp_path, browser):
+    from neurflow.artifact import write_json
+    c = tiny_run(tmp_path / "run")
+    write_json(tmp_path / "run" / "eval" / "fidelity.json", {
+        "experiment": EVIL, "target": c.target, "notes": [EVIL],
+        "layers": [{"layer": EVIL, "n_neurons": 3, "core_mask_accuracy": 0.25}, {"layer": "b", "n_neurons": 4,
+                                                                                "core_mask_accuracy": 0.5}]})
+    write_json(tmp_path / "run" / "eval" / "fidelity.partial.json", {"options": {}, "units": {}})
+    browser.open(write_report(tmp_path / "run"))
+    sec = browser.page.locator('[data-eval="fidelity"]')
+    assert sec.count() == 1 and browser.page.locator('[data-eval]').count() == 1   # the partial file is not shown
+    assert sec.locator("tr").count() == 3
+    text = sec.inner_text()
+    assert "<script>alert(1)</script>" in text and "0.25" in text
+    browser.check_clean()

@@ -141,7 +141,12 @@ class _Node(torch.nn.Module):
 
 def methods(ctx: Context) -> dict:
     """E4: E3's correlation with importances from other attribution methods, and their run time."""
-    import captum.attr as ca
+    try:
+        import captum.attr as ca
+    except ImportError:
+        from ..errors import NeurFlowError
+        raise NeurFlowError("EXPERIMENT", "captum installed for the methods experiment (E4)", "methods",
+                            "pip install 'neurflow[eval]'") from None
     o = ctx.opts
     i, upper, lower, node = _pairs(ctx, deep=False)[0]
     k = _k(ctx)
@@ -168,7 +173,9 @@ def methods(ctx: Context) -> dict:
         "gradient_shap": lambda: ca.GradientShap(wrapper).attribute(
             acts.clone(), baselines=torch.stack([torch.zeros_like(acts[0]), acts.mean(0)]), n_samples=20),
     }
-    with preserved(ctx.model, freeze=True):
+    import warnings
+    with preserved(ctx.model, freeze=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # captum's notes on hooks and internal batch sizes
         for name, fn in tries.items():
             t0 = time.perf_counter()
             try:
@@ -242,18 +249,19 @@ def optimality(ctx: Context) -> dict:
 
 
 def k_impact(ctx: Context) -> dict:
-    """E8: overlap of the top-tau core set at k with the one at k = 50."""
+    """E8: overlap of the top-tau core set at k with the one at the run's k (50 in the paper)."""
     o = ctx.opts
     _, upper, lower, node = _pairs(ctx, deep=False)[0]
     tau = int(ctx.circuit.settings.get("tau", 16))
-    ks = [k for k in o.ks if k <= len(ctx.pool)]
-    ref_k = 50 if 50 <= len(ctx.pool) else ks[len(ks) // 2]
+    ref_k = _k(ctx)                      # the run's k (the paper: 50)
+    ks = sorted({k for k in o.ks if 1 <= k <= len(ctx.pool)} | {ref_k})
     sets = {}
-    bar = progress(total=len(set(ks) | {ref_k}), desc="E8 k", quiet=o.quiet, unit="k")
-    for k in sorted(set(ks) | {ref_k}):
+    bar = progress(total=len(ks), desc="E8 k", quiet=o.quiet, unit="k")
+    for k in ks:
         bar.update(1)
         _, imp = ig_importance(ctx, upper, lower, node, k)
         sets[k] = set(np.argsort(-imp, kind="stable")[:tau].tolist())
+    bar.close()
     rows = [{"k": k, "overlap_with_reference": len(sets[k] & sets[ref_k]) / tau} for k in ks]
     result = {"experiment": "impact of k (E8)", "target": ctx.target, "layer": upper, "lower": lower, "node": node,
               "tau": tau, "reference_k": ref_k, "ks": rows, "options": o.key("ks")}
