@@ -27,6 +27,18 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+FAULT_ENV = "NEURFLOW_FAULT"   # tests only: "write:<glob>" kills the process mid-write (docs/reliability.md)
+
+
+def _fault(path: Path) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.startswith("write:"):
+        import fnmatch
+        import signal
+        if fnmatch.fnmatch(str(path), spec[6:]) or fnmatch.fnmatch(path.name, spec[6:]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +49,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are meant to be shared
+        if FAULT_ENV in os.environ:
+            _fault(path)        # the temporary file is written, the rename has not happened
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -92,17 +106,21 @@ class RunStore:
         manifest = self.read_manifest()
         self.done: list[dict] = []
         if manifest is None:
-            if any(p.name != MANIFEST for p in self.dir.iterdir()):
+            if any(p.name != MANIFEST and not p.name.startswith(".tmp-") for p in self.dir.iterdir()):
                 # never delete what is not ours, even with --overwrite
                 raise NeurFlowError("--out", "an empty directory or a neurflow run directory", str(directory),
                                     "it holds other files and no neurflow manifest; choose another --out")
+            self._manifest(False)   # claim the directory first: a crash before the first layer stays resumable
         elif manifest.get("run_hash") != digest:
             if not overwrite:
                 raise NeurFlowError("--out", "a directory holding this run (same model, data and settings)",
                                     str(directory), "it holds a different run; pass --overwrite to replace it")
             self._clear()
+            self._manifest(False)
         else:
             self.done = manifest.get("layers_done", [])
+        for tmp in self.dir.rglob(".tmp-*"):   # left by a write that was killed before its rename
+            tmp.unlink(missing_ok=True)
 
     def _clear(self) -> None:
         for p in self.dir.iterdir():

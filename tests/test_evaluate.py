@@ -160,11 +160,12 @@ def test_crop_sizes_by_hand(run):
         assert row["share"]["16"] == pytest.approx(np.mean(box[shown, 2] == 16))
 
 
-def test_checkpoint_resumes_only_with_the_same_options(tmp_path):
-    ck = Checkpoint(tmp_path, "x", {"draws": 2})
+def test_checkpoint_resumes_only_with_the_same_options_run_model_and_data(tmp_path):
+    ck = Checkpoint(tmp_path, "x", {"draws": 2}, "id1")
     ck.put("a", {"v": 1})
-    assert Checkpoint(tmp_path, "x", {"draws": 2}).get("a") == {"v": 1}
-    assert Checkpoint(tmp_path, "x", {"draws": 3}).get("a") is None
+    assert Checkpoint(tmp_path, "x", {"draws": 2}, "id1").get("a") == {"v": 1}
+    assert Checkpoint(tmp_path, "x", {"draws": 3}, "id1").get("a") is None
+    assert Checkpoint(tmp_path, "x", {"draws": 2}, "id2").get("a") is None
     ck.done()
     assert not (tmp_path / "eval" / "x.partial.json").exists()
 
@@ -172,10 +173,18 @@ def test_checkpoint_resumes_only_with_the_same_options(tmp_path):
 def test_fidelity_resumes_from_finished_units(run):
     ctx = open_context(run, opts(draws=1))
     planted = {**fidelity(ctx)["layers"][0], "core_mask_accuracy": 0.123}
-    ck = Checkpoint(run.dir, "fidelity", ctx.opts.key("draws", "seed"))
+    ck = Checkpoint(run.dir, "fidelity", ctx.opts.key("draws", "seed"), ctx.identity)
     ck.put("single:block3", planted)
     r = fidelity(ctx)
     assert r["layers"][0] == planted            # the finished unit was not recomputed
+    # other weights: another identity, so nothing is reused
+    ck = Checkpoint(run.dir, "fidelity", ctx.opts.key("draws", "seed"), ctx.identity)
+    ck.put("single:block3", planted)
+    with torch.no_grad():
+        run.model.head.bias.add_(0.01)
+    other = open_context(run, opts(draws=1))
+    assert other.identity != ctx.identity
+    assert fidelity(other)["layers"][0]["core_mask_accuracy"] != 0.123
 
 
 def test_cli_contract_and_errors(tmp_path, capsys):

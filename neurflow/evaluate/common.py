@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact import atomic_write, write_json
+from ..artifact import atomic_write, hash_tensors, model_hash, write_json
 from ..circuit import Circuit
 from ..config import NeurFlowConfig
 from ..core import attribute, channel_mask, rank_core
@@ -54,6 +54,8 @@ class Context:
     graph: LayerGraph
     opts: Options
     layer_names: list = field(default_factory=list)   # analysed layers top down + the input layer
+    identity: str = ""            # hash of the run, the model weights and the class images (checkpoint key)
+    cache: dict = field(default_factory=dict)         # per-context: responses of the pool per layer
 
     @property
     def target(self) -> int:
@@ -82,7 +84,10 @@ def open_context(run, opts: Options) -> Context:
         raise NeurFlowError("--data", "the data of the run", data.spec,
                             f"it gives {len(pool)} crops, the run had {c.meta.get('n_crops')}")
     names = [l.name for l in c.layers] + [c.input_layer]
-    return Context(run.dir, c, run.model, images, pool, LayerGraph(run.model, names), opts, names)
+    import hashlib
+    identity = hashlib.sha256("|".join([str(c.meta.get("run_hash", "")), model_hash(run.model),
+                                        hash_tensors([("images", images)])]).encode()).hexdigest()[:32]
+    return Context(run.dir, c, run.model, images, pool, LayerGraph(run.model, names), opts, names, identity)
 
 
 def class_accuracy(ctx: Context, zero: dict | None = None) -> float:
@@ -153,21 +158,18 @@ def ig_importance(ctx: Context, upper: str, lower: str, node: int, k: int) -> tu
     return ex, rank_core(scores[node])[1]
 
 
-_RESP_CACHE: dict = {}
-
-
 def node_responses(ctx: Context, layer: str, node: int) -> np.ndarray:
-    """Response of ``node`` at ``layer`` on every crop of the pool (cached per run and layer)."""
-    key = (str(ctx.dir), layer)
-    if key not in _RESP_CACHE:
+    """Response of ``node`` at ``layer`` on every crop of the pool (cached in the context, one layer)."""
+    key = ("responses", layer)
+    if key not in ctx.cache:
         rec = ctx.graph.recorder([layer])
         out = []
         with preserved(ctx.model), torch.no_grad():
             for _, crops in ctx.pool.batches(ctx.opts.batch_size):
                 out.append(response(rec(crops.to(ctx.opts.device))[0]).float().cpu())
-        _RESP_CACHE.clear()
-        _RESP_CACHE[key] = torch.cat(out).numpy()
-    return _RESP_CACHE[key][:, node]
+        ctx.cache.clear()
+        ctx.cache[key] = torch.cat(out).numpy()
+    return ctx.cache[key][:, node]
 
 
 def pearson(x, y) -> float | None:
@@ -179,15 +181,15 @@ def pearson(x, y) -> float | None:
 
 class Checkpoint:
     """Per-unit results of an experiment in DIR/eval/<name>.partial.json; a rerun with the same
-    options skips the finished units."""
+    options, run, model weights and class images (``identity``) skips the finished units."""
 
-    def __init__(self, directory: Path, name: str, options: dict):
+    def __init__(self, directory: Path, name: str, options: dict, identity: str = ""):
         self.path = Path(directory) / "eval" / f"{name}.partial.json"
-        self.options = options
+        self.options = {**options, "identity": identity}
         self.units: dict = {}
         try:
             doc = json.loads(self.path.read_text())
-            if doc.get("options") == options:
+            if doc.get("options") == self.options:
                 self.units = doc.get("units", {})
                 if self.units:
                     log.info("%s: resuming, %d unit(s) done", name, len(self.units))

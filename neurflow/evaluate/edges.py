@@ -67,7 +67,7 @@ def _pairs(ctx: Context, deep: bool = True) -> list[tuple[int, str, str, int]]:
 def edge_correlation(ctx: Context) -> dict:
     """E3 and E5: r(score, sum of the subset's IG importances) and r(score, their mean)."""
     o = ctx.opts
-    ck = Checkpoint(ctx.dir, "edge-correlation", o.key("subsets", "sizes", "max_crops", "nodes", "seed"))
+    ck = Checkpoint(ctx.dir, "edge-correlation", o.key("subsets", "sizes", "max_crops", "nodes", "seed"), ctx.identity)
     rows = []
     for i, upper, lower, node in _pairs(ctx):
         unit = f"{upper}:{node}"
@@ -210,7 +210,7 @@ def methods(ctx: Context) -> dict:
 def optimality(ctx: Context) -> dict:
     """E6: the core set's top-k overlap after masking vs random sets of the same size."""
     o = ctx.opts
-    ck = Checkpoint(ctx.dir, "optimality", o.key("random_sets", "max_crops", "nodes", "seed"))
+    ck = Checkpoint(ctx.dir, "optimality", o.key("random_sets", "max_crops", "nodes", "seed"), ctx.identity)
     rows = []
     jobs = [(i, n) for i in range(len(ctx.circuit.layers)) for n in pick_nodes(ctx, i)]
     for i, node in jobs:

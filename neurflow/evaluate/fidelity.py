@@ -30,7 +30,7 @@ def _layers(ctx: Context) -> list[str]:
 
 def fidelity(ctx: Context) -> dict:
     o = ctx.opts
-    ck = Checkpoint(ctx.dir, "fidelity", o.key("draws", "seed"))
+    ck = Checkpoint(ctx.dir, "fidelity", o.key("draws", "seed"), ctx.identity)
     rng = np.random.RandomState(o.seed)
     widths = {n: channels(ctx, n) for n in _layers(ctx)}
     sets = {n: ctx.node_set(n) for n in _layers(ctx)}
@@ -105,7 +105,7 @@ def mct_ranking(ctx: Context, name: str, n_images: int, rng) -> np.ndarray:
 
 def mct(ctx: Context) -> dict:
     o = ctx.opts
-    ck = Checkpoint(ctx.dir, "mct", o.key("max_images", "seed"))
+    ck = Checkpoint(ctx.dir, "mct", o.key("max_images", "seed"), ctx.identity)
     rng = np.random.RandomState(o.seed)
     rows = []
     for name in _layers(ctx):
