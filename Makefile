@@ -18,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH_PINS)
-	$(PIP) install -e '.[test,imagenet]'
+	$(PIP) install -e '.[test,imagenet,eval]'
 	touch $@
 
 # pytest exits with 5 when it collects no tests; that counts as success here.

@@ -224,9 +224,28 @@ def test_aggregation_methods_and_overlap_arithmetic(run):
     rows = {row["method"]: row for row in e4["methods"]}
     assert rows["integrated_gradients"]["pearson"] == pytest.approx(e3["pearson_sum"])   # same subsets, same crops
     assert {"saliency", "gradient_shap"} <= set(rows) and all(row["seconds"] >= 0 for row in rows.values())
-    assert any("knock" in n for n in e4["notes"])
+    try:
+        import knockpy  # noqa: F401
+        assert "knockoffs" in rows                                            # the [eval] extra is installed
+    except ImportError:
+        assert any("knockpy is not installed" in n for n in e4["notes"])
     e10 = overlap(ctx)
     for row in e10["layers"]:
         core = set(ctx.node_set(row["layer"]))
         mctset = set(mct_ranking(ctx, row["layer"], 0, np.random.RandomState(0))[: len(core)].tolist())
         assert row["neurflow_mct_overlap"] == pytest.approx(len(core & mctset) / len(core))
+
+
+def test_knockoff_statistics_find_the_true_features():
+    pytest.importorskip("knockpy", reason="needs the neurflow[eval] extra")
+    from neurflow.evaluate.common import knockoff_statistics
+    rng = np.random.RandomState(0)
+    x = rng.randn(400, 20)
+    x[:, 5] = 1.0                                       # a constant channel: W = 0
+    y = 2 * x[:, 3] - 1.5 * x[:, 7] + 0.05 * rng.randn(400)
+    w = knockoff_statistics(x, y, seed=0)
+    assert set(np.argsort(-w)[:2]) == {3, 7} and w[5] == 0
+    assert np.array_equal(w, knockoff_statistics(x, y, seed=0))         # seeded
+    state = np.random.get_state()[1].copy()
+    knockoff_statistics(x, y, seed=1)
+    assert np.array_equal(np.random.get_state()[1], state)             # the global generator is left alone

@@ -51,6 +51,15 @@ def base(ws, out="out", **change):
     return ["run", *[x for kv in args.items() for x in kv], "--quiet"]
 
 
+def artifact(directory):
+    """circuit.json without what may differ between equal runs (timings)."""
+    doc = json.loads((directory / "circuit.json").read_text())
+    doc["meta"].pop("timings_s")
+    for layer in doc["layers"]:
+        layer.pop("seconds")
+    return doc
+
+
 def one_line(proc, needle):
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
@@ -143,12 +152,7 @@ def test_killed_while_saving_resumes_to_the_same_artifact(ws, fault):
         neurflow.load(ws / "killed")                        # a partial run is never read as complete
     assert cli(*base(ws, "killed", **layers)).returncode == 0
     assert cli(*base(ws, "ref", **layers)).returncode == 0
-    a, b = (json.loads((ws / d / "circuit.json").read_text()) for d in ("killed", "ref"))
-    for doc in (a, b):
-        doc["meta"].pop("timings_s")
-        for layer in doc["layers"]:
-            layer.pop("seconds")
-    assert a == b
+    assert artifact(ws / "killed") == artifact(ws / "ref")
     assert not list((ws / "killed").rglob(".tmp-*")) and not (ws / "killed" / "partial").exists()
     assert sorted(p.name for p in (ws / "killed" / "crops").iterdir()) == \
         sorted(p.name for p in (ws / "ref" / "crops").iterdir())
@@ -205,12 +209,8 @@ def test_model_unchanged_when_a_command_fails_midway(skipnet, tiny_images, tmp_p
 # 4. determinism: same seed, same circuit.json; image order does not change the core sets ------------
 def test_same_seed_same_artifact_and_order_invariant_cores(ws):
     assert cli(*base(ws, "a")).returncode == 0 and cli(*base(ws, "b")).returncode == 0
-    a, b = (json.loads((ws / d / "circuit.json").read_text()) for d in ("a", "b"))
-    for doc in (a, b):
-        doc["meta"].pop("timings_s")
-        for layer in doc["layers"]:
-            layer.pop("seconds")
-    assert a == b
+    a = artifact(ws / "a")
+    assert a == artifact(ws / "b")
     obj = torch.load(ws / "d.pt")
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(3))
     torch.save({"images": obj["images"][perm], "labels": obj["labels"][perm]}, ws / "p.pt")

@@ -227,3 +227,33 @@ def save(directory: Path, name: str, result: dict, plot) -> dict:
         result.setdefault("notes", []).append("no plot: matplotlib is not installed (pip install matplotlib)")
     write_json(out / f"{name}.json", result)
     return result
+
+
+def knockoff_statistics(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Model-X knockoff statistics W (Gaussian knockoffs, lasso coefficient differences) of the
+    columns of ``x`` for predicting ``y``, through knockpy (``pip install knockpy``).  Larger W:
+    the feature matters more than its knockoff.  Raises ImportError without knockpy."""
+    import knockpy
+    x = np.asarray(x, dtype=np.float64)
+    keep = x.std(axis=0) > 1e-8                   # constant channels carry nothing; W = 0
+    w = np.zeros(x.shape[1])
+    if keep.sum() >= 2:
+        state = np.random.get_state()
+        np.random.seed(seed)                      # knockpy samples with numpy's global generator
+        try:
+            kf = knockpy.KnockoffFilter(ksampler="gaussian", fstat="lasso")
+            kf.forward(X=x[:, keep], y=np.asarray(y, dtype=np.float64), fdr=0.1)
+        finally:
+            np.random.set_state(state)
+        w[keep] = kf.W
+    return w
+
+
+def layer_responses(ctx: Context, name: str, images: torch.Tensor) -> np.ndarray:
+    """Responses [N, C] of every channel of ``name`` for ``images``."""
+    rec = ctx.graph.recorder([name])
+    out = []
+    with preserved(ctx.model), torch.no_grad():
+        for start in range(0, images.shape[0], ctx.opts.batch_size):
+            out.append(response(rec(images[start:start + ctx.opts.batch_size].to(ctx.opts.device))[0]).float().cpu())
+    return torch.cat(out).numpy()

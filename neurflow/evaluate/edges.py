@@ -16,8 +16,8 @@ import torch
 
 from ..layers import preserved, response
 from ..progress import progress
-from .common import (Checkpoint, Context, channels, eval_crops, ig_importance, masked_responses, masks_for,
-                     node_responses, pearson, save, topk_overlap)
+from .common import (Checkpoint, Context, channels, eval_crops, ig_importance, knockoff_statistics,
+                     layer_responses, masked_responses, masks_for, node_responses, pearson, save, topk_overlap)
 
 
 def pick_nodes(ctx: Context, i: int) -> list[int]:
@@ -185,9 +185,13 @@ def methods(ctx: Context) -> dict:
                 continue
             timing[name] = time.perf_counter() - t0
             imps[name] = response(attr.abs()).double().mean(0).cpu().numpy()
+    # knockoffs: lower responses of the evaluation crops as features, the node's response as target
+    crops = eval_crops(ctx, ex, np.random.RandomState(o.seed + 1))
     try:
-        import knockpy  # noqa: F401
-        notes.append("knockoffs: knockpy is installed, but the knockoff selection is not implemented in this version")
+        t0 = time.perf_counter()
+        x = layer_responses(ctx, lower, ctx.pool.get(crops))
+        imps["knockoffs"] = knockoff_statistics(x, node_responses(ctx, upper, node)[crops], o.seed)
+        timing["knockoffs"] = time.perf_counter() - t0
     except ImportError:
         notes.append("knockoffs: skipped, knockpy is not installed (pip install knockpy)")
     rows = [{"method": m, "pearson": pearson([float(v[s].sum()) for s in sets], scores),

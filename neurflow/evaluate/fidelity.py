@@ -16,7 +16,7 @@ import torch
 from ..attribution import integrated_gradients
 from ..layers import preserved
 from ..progress import progress
-from .common import Checkpoint, Context, channels, class_accuracy, save
+from .common import Checkpoint, Context, channels, class_accuracy, knockoff_statistics, layer_responses, save
 
 
 def _complement(chans, width: int) -> list[int]:
@@ -133,29 +133,43 @@ def mct(ctx: Context) -> dict:
 def overlap(ctx: Context) -> dict:
     o = ctx.opts
     rng = np.random.RandomState(o.seed)
-    rows = []
-    try:
-        import knockpy  # noqa: F401
-        knock = "knockpy is installed, but the knockoff selection is not implemented in this version"
-    except ImportError:
-        knock = "knockoffs skipped: knockpy is not installed (pip install knockpy)"
+    rows, notes = [], []
+    idx = np.arange(ctx.images.shape[0])
+    if o.max_images and len(idx) > o.max_images:
+        idx = np.sort(np.random.RandomState(o.seed).choice(idx, o.max_images, replace=False))
+    sample = ctx.images[torch.from_numpy(idx)]
+    logit = layer_responses(ctx, ctx.layer_names[0], sample)[:, ctx.target]
     for name in _layers(ctx):
         core = set(ctx.node_set(name))
         ranking = mct_ranking(ctx, name, o.max_images, rng)
         chosen = set(int(c) for c in ranking[: len(core)])
         inter = len(core & chosen)
-        rows.append({"layer": name, "n_neurons": len(core), "n_channels": channels(ctx, name),
-                     "neurflow_mct_overlap": inter / len(core) if core else 0.0,
-                     "neurflow_mct_jaccard": inter / len(core | chosen) if core else 0.0,
-                     "chance_overlap": len(core) / channels(ctx, name)})
+        row = {"layer": name, "n_neurons": len(core), "n_channels": channels(ctx, name),
+               "neurflow_mct_overlap": inter / len(core) if core else 0.0,
+               "neurflow_mct_jaccard": inter / len(core | chosen) if core else 0.0,
+               "chance_overlap": len(core) / channels(ctx, name)}
+        try:   # knockoffs: the layer's responses to class images as features, the class logit as target
+            w = knockoff_statistics(layer_responses(ctx, name, sample), logit, o.seed)
+            knock = set(int(c) for c in np.argsort(-w, kind="stable")[: len(core)])
+            row["neurflow_knockoff_overlap"] = len(core & knock) / len(core) if core else 0.0
+            row["mct_knockoff_overlap"] = len(chosen & knock) / len(core) if core else 0.0
+        except ImportError:
+            if not notes:
+                notes.append("knockoffs skipped: knockpy is not installed (pip install knockpy)")
+        rows.append(row)
     result = {"experiment": "overlap of selection methods (E10)", "target": ctx.target, "layers": rows,
-              "notes": [knock], "options": o.key("max_images", "seed")}
+              "notes": notes, "options": o.key("max_images", "seed")}
 
     def plot(plt, r):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         x = np.arange(len(r["layers"]))
-        ax.bar(x - 0.2, [row["neurflow_mct_overlap"] for row in r["layers"]], 0.4, label="NeurFlow vs NeuronMCT")
-        ax.bar(x + 0.2, [row["chance_overlap"] for row in r["layers"]], 0.4, label="chance", color="#bbb")
+        keys = [("neurflow_mct_overlap", "NeurFlow vs NeuronMCT"), ("neurflow_knockoff_overlap", "NeurFlow vs knockoffs"),
+                ("chance_overlap", "chance")]
+        keys = [kv for kv in keys if kv[0] in r["layers"][0]]
+        width = 0.8 / len(keys)
+        for j, (key, label) in enumerate(keys):
+            ax.bar(x - 0.4 + width * (j + 0.5), [row[key] for row in r["layers"]], width, label=label,
+                   color="#bbb" if key == "chance_overlap" else None)
         ax.set_xticks(x, [row["layer"] for row in r["layers"]], rotation=20)
         ax.set_ylabel("share of the core set also selected")
         ax.legend(fontsize=8)
