@@ -108,7 +108,9 @@ def mct(ctx: Context) -> dict:
     ck = Checkpoint(ctx.dir, "mct", o.key("max_images", "seed"), ctx.identity)
     rng = np.random.RandomState(o.seed)
     rows = []
+    bar = progress(total=len(_layers(ctx)), desc="mct", quiet=o.quiet, unit="layer")
     for name in _layers(ctx):
+        bar.update(1)
         row = ck.get(name)
         if row is None:
             core = ctx.node_set(name)
@@ -123,6 +125,7 @@ def mct(ctx: Context) -> dict:
                    "mct_neurons": chosen, "core_neurons": core}
             ck.put(name, row)
         rows.append(row)
+    bar.close()
     result = {"experiment": "NeuronMCT (E2)", "target": ctx.target, "layers": rows,
               "options": o.key("max_images", "seed")}
     ck.done()
@@ -139,7 +142,9 @@ def overlap(ctx: Context) -> dict:
         idx = np.sort(np.random.RandomState(o.seed).choice(idx, o.max_images, replace=False))
     sample = ctx.images[torch.from_numpy(idx)]
     logit = layer_responses(ctx, ctx.layer_names[0], sample)[:, ctx.target]
+    bar = progress(total=len(_layers(ctx)), desc="overlap", quiet=o.quiet, unit="layer")
     for name in _layers(ctx):
+        bar.update(1)
         core = set(ctx.node_set(name))
         ranking = mct_ranking(ctx, name, o.max_images, rng)
         chosen = set(int(c) for c in ranking[: len(core)])
@@ -157,6 +162,7 @@ def overlap(ctx: Context) -> dict:
             if not notes:
                 notes.append("knockoffs skipped: knockpy is not installed (pip install knockpy)")
         rows.append(row)
+    bar.close()
     result = {"experiment": "overlap of selection methods (E10)", "target": ctx.target, "layers": rows,
               "notes": notes, "options": o.key("max_images", "seed")}
 
