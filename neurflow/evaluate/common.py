@@ -55,7 +55,7 @@ class Context:
     opts: Options
     layer_names: list = field(default_factory=list)   # analysed layers top down + the input layer
     identity: str = ""            # hash of the run, the model weights and the class images (checkpoint key)
-    cache: dict = field(default_factory=dict)         # per-context: responses of the pool per layer
+    cache: dict = field(default_factory=dict)         # per-context: pool responses of one layer, E3's result
 
     @property
     def target(self) -> int:
@@ -167,7 +167,8 @@ def node_responses(ctx: Context, layer: str, node: int) -> np.ndarray:
         with preserved(ctx.model), torch.no_grad():
             for _, crops in ctx.pool.batches(ctx.opts.batch_size):
                 out.append(response(rec(crops.to(ctx.opts.device))[0]).float().cpu())
-        ctx.cache.clear()
+        for old in [k for k in ctx.cache if isinstance(k, tuple) and k[0] == "responses"]:
+            del ctx.cache[old]                    # one layer's responses at a time
         ctx.cache[key] = torch.cat(out).numpy()
     return ctx.cache[key][:, node]
 

@@ -45,7 +45,7 @@ def _subsets(ctx: Context, c_low: int, rng) -> list[list[int]]:
     return out
 
 
-def _scores(ctx: Context, upper: str, lower: str, node: int, sets: list, rng, desc: str) -> list[float]:
+def _scores(ctx: Context, upper: str, lower: str, node: int, sets: list, desc: str) -> list[float]:
     """Top-k overlap of ``node``'s crops after masking each set."""
     k = _k(ctx)
     before_all = node_responses(ctx, upper, node)
@@ -76,7 +76,7 @@ def edge_correlation(ctx: Context) -> dict:
             rng = np.random.RandomState(o.seed)
             _, imp = ig_importance(ctx, upper, lower, node, _k(ctx))
             sets = _subsets(ctx, len(imp), rng)
-            scores = _scores(ctx, upper, lower, node, sets, rng, f"E3 {upper}/{node}")
+            scores = _scores(ctx, upper, lower, node, sets, f"E3 {upper}/{node}")
             total = [float(imp[s].sum()) for s in sets]
             mean = [float(imp[s].mean()) for s in sets]
             row = {"layer": upper, "lower": lower, "node": node, "n_subsets": len(sets),
@@ -87,6 +87,7 @@ def edge_correlation(ctx: Context) -> dict:
     result = {"experiment": "edge weights (E3) and aggregation (E5)", "target": ctx.target, "nodes": rows,
               "options": o.key("subsets", "sizes", "max_crops", "nodes", "seed")}
     ck.done()
+    ctx.cache["edge-correlation"] = result
 
     def plot(plt, r):
         fig, axes = plt.subplots(1, len(r["nodes"]), figsize=(4.2 * len(r["nodes"]), 3.6), squeeze=False)
@@ -104,9 +105,7 @@ def edge_correlation(ctx: Context) -> dict:
 
 def aggregation(ctx: Context) -> dict:
     """E5 on its own: the sum/mean comparison of E3 for every chosen node."""
-    r = edge_correlation(ctx) if not (ctx.dir / "eval" / "edge-correlation.json").is_file() else None
-    import json
-    r = r or json.loads((ctx.dir / "eval" / "edge-correlation.json").read_text())
+    r = ctx.cache.get("edge-correlation") or edge_correlation(ctx)   # E3's result of this context, or run it
     rows = [{k: row[k] for k in ("layer", "lower", "node", "n_subsets", "pearson_sum", "pearson_mean")}
             for row in r["nodes"]]
     result = {"experiment": "aggregation: sum vs mean (E5)", "target": ctx.target, "nodes": rows,
@@ -156,7 +155,7 @@ def methods(ctx: Context) -> dict:
     ig_importance(ctx, upper, lower, node, k)
     timing = {"integrated_gradients": time.perf_counter() - t0}
     sets = _subsets(ctx, len(ig), rng)
-    scores = _scores(ctx, upper, lower, node, sets, rng, f"E4 {upper}/{node}")
+    scores = _scores(ctx, upper, lower, node, sets, f"E4 {upper}/{node}")
     prefix, segment = ctx.graph.prefix(lower, upper), ctx.graph.segment(lower, upper)
     with torch.no_grad():
         acts, *extras = prefix(ctx.pool.get(ex).to(o.device))
@@ -226,7 +225,7 @@ def optimality(ctx: Context) -> dict:
             core = list(layer.nodes[node].core)
             width = channels(ctx, layer.lower)
             sets = [core] + [sorted(rng.choice(width, len(core), replace=False).tolist()) for _ in range(o.random_sets)]
-            s = _scores(ctx, layer.name, layer.lower, node, sets, rng, f"E6 {layer.name}/{node}")
+            s = _scores(ctx, layer.name, layer.lower, node, sets, f"E6 {layer.name}/{node}")
             rand = np.asarray(s[1:])
             row = {"layer": layer.name, "lower": layer.lower, "node": node, "core_size": len(core),
                    "core_overlap": s[0], "random_overlap_mean": float(rand.mean()),
@@ -295,7 +294,6 @@ def weight_norm(ctx: Context) -> dict:
     o = ctx.opts
     rows, notes = [], []
     for i, upper, lower, node in _pairs(ctx):
-        rng = np.random.RandomState(o.seed)
         width = channels(ctx, lower)
         pname, w = _weight_for(ctx, upper, width)
         if w is None or node >= w.shape[0]:
@@ -304,7 +302,7 @@ def weight_norm(ctx: Context) -> dict:
         core = list(ctx.circuit.layers[i].nodes[node].core)
         norms = w[node].flatten(1).norm(dim=1).double().numpy() if w.ndim > 2 else w[node].abs().double().numpy()
         by_norm = sorted(np.argsort(-norms, kind="stable")[: len(core)].tolist())
-        s = _scores(ctx, upper, lower, node, [core, by_norm], rng, f"E11 {upper}/{node}")
+        s = _scores(ctx, upper, lower, node, [core, by_norm], f"E11 {upper}/{node}")
         rows.append({"layer": upper, "lower": lower, "node": node, "weight": pname, "core_size": len(core),
                      "set_overlap": len(set(core) & set(by_norm)) / len(core),
                      "ig_core_topk_overlap_after_masking": s[0], "weight_norm_topk_overlap_after_masking": s[1]})
