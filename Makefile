@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast demo bench clean-venv
+.PHONY: venv test test-fast lint format demo bench clean-venv
 
 venv: $(STAMP)
 
@@ -18,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH_PINS)
-	$(PIP) install -e '.[test,imagenet,eval]'
+	$(PIP) install -e '.[test,imagenet,eval,timm,dev]'
 	touch $@
 
 # pytest exits with 5 when it collects no tests; that counts as success here.
@@ -33,6 +33,16 @@ test: venv
 
 test-fast: venv
 	$(call run_pytest,-m "not slow")
+
+# ruff (lint + format check, line length 120, settings in pyproject.toml) and mypy on the core modules
+lint: venv
+	$(VENV)/bin/ruff check neurflow tests scripts benchmarks examples
+	$(VENV)/bin/ruff format --check neurflow tests scripts benchmarks examples
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff check --fix neurflow tests scripts benchmarks examples
+	$(VENV)/bin/ruff format neurflow tests scripts benchmarks examples
 
 # The main job: the whole pipeline on the embedded default model and data, offline.
 demo: venv

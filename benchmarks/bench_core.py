@@ -35,6 +35,7 @@ Results and commands: docs/performance.md; recorded outputs: benchmarks/results/
     .venv/bin/python benchmarks/bench_core.py --steps-study   # comparison + IG-steps study
     .venv/bin/python benchmarks/bench_core.py --steps-study --no-compare
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,17 +102,24 @@ def code_state() -> str:
     import hashlib
     import subprocess
 
-    files = sorted({os.path.abspath(m.__file__) for name, m in list(sys.modules.items())
-                    if (name == "neurflow" or name.startswith("neurflow.")) and getattr(m, "__file__", None)})
+    files = sorted(
+        {
+            os.path.abspath(m.__file__)
+            for name, m in list(sys.modules.items())
+            if (name == "neurflow" or name.startswith("neurflow.")) and getattr(m, "__file__", None)
+        }
+    )
     h = hashlib.sha1()
     for path in files:
         with open(path, "rb") as f:
             h.update(os.path.relpath(path, ROOT).encode() + b"\0" + f.read())
     try:
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", *files],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", *files], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         head, dirty = "?", ""
     return f"{head}{'+uncommitted' if dirty else ''} neurflow-src:{h.hexdigest()[:10]} ({len(files)} files)"
@@ -156,7 +164,7 @@ def pick_target(size: int, n_images: int, batch_size: int, weights: str = "init"
 
     model, images = make_workload(size, n_images, weights)
     with torch.no_grad():
-        pred = torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+        pred = torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
     counts = torch.bincount(pred, minlength=1000)
     t = int(counts.argmax())
     return t, int(counts[t])
@@ -166,6 +174,7 @@ def pick_target(size: int, n_images: int, batch_size: int, weights: str = "init"
 # (a) ours
 def run_ours(size, n_images, weights, target, tau, top_k, ig_steps, batch_size) -> dict:
     import torch
+
     import neurflow
 
     code = code_state()
@@ -181,11 +190,17 @@ def run_ours(size, n_images, weights, target, tau, top_k, ig_steps, batch_size) 
     foreign = _foreign_cpu(cpu0)
     c = nf.circuit_
     return {
-        "wall_s": wall, "peak_rss": peak, "rss_before": rss0, "peak_exact": exact, "foreign_cpu_s": foreign, "code": code,
+        "wall_s": wall,
+        "peak_rss": peak,
+        "rss_before": rss0,
+        "peak_exact": exact,
+        "foreign_cpu_s": foreign,
+        "code": code,
         "cores": {l.name: {int(n): [int(j) for j in node.core] for n, node in l.nodes.items()} for l in c.layers},
         "gaps": {l.name: dict(l.completeness_gap) for l in c.layers},
         "timings": dict(c.meta["timings_s"]),
-        "n_crops": int(c.meta["n_crops"]), "n_class_images": int(c.meta["n_class_images"]),
+        "n_crops": int(c.meta["n_crops"]),
+        "n_class_images": int(c.meta["n_class_images"]),
         "threads": torch.get_num_threads(),
     }
 
@@ -209,15 +224,16 @@ def _split(stages, lower: str, upper: str):
 
     names = [n for n, _ in stages]
     lo, up = names.index(lower), names.index(upper)
-    net_a = nn.Sequential(*[m for _, m in stages[:lo + 1]]).eval()
-    net_b = nn.Sequential(*[m for _, m in stages[lo + 1:up + 1]]).eval()
+    net_a = nn.Sequential(*[m for _, m in stages[: lo + 1]]).eval()
+    net_b = nn.Sequential(*[m for _, m in stages[lo + 1 : up + 1]]).eval()
     return net_a, net_b
 
 
 def run_baseline(size, n_images, weights, target, tau, top_k, ig_steps, batch_size, batch_size_ig=128) -> dict:
     import torch
-    from torch import nn
     from captum.attr import IntegratedGradients
+    from torch import nn
+
     from neurflow.crops import CropPool
 
     def spatial(t):  # the published _wrapper
@@ -239,7 +255,7 @@ def run_baseline(size, n_images, weights, target, tau, top_k, ig_steps, batch_si
         outs = []
         with torch.no_grad():
             for i in range(0, len(data), bs):
-                outs.append(net(data[i:i + bs]).detach().cpu())
+                outs.append(net(data[i : i + bs]).detach().cpu())
         return torch.cat(outs)
 
     code = code_state()
@@ -265,7 +281,7 @@ def run_baseline(size, n_images, weights, target, tau, top_k, ig_steps, batch_si
         t = time.perf_counter()
         net_a, net_b = _split(stages, lower, upper)
         net_b_wrapped = Wrapped(net_b).eval()
-        prev = batch_inference(net_a, pool, batch_size)                       # full maps, whole pool
+        prev = batch_inference(net_a, pool, batch_size)  # full maps, whole pool
         acts = torch.transpose(batch_inference(net_b_wrapped, prev, batch_size), 0, 1)
         ig = IntegratedGradients(net_b_wrapped)
         layer_cores = {}
@@ -274,7 +290,7 @@ def run_baseline(size, n_images, weights, target, tau, top_k, ig_steps, batch_si
             data = prev[top]
             imps = []
             for i in range(0, len(data), batch_size_ig):
-                batch = data[i:i + batch_size_ig].clone()
+                batch = data[i : i + batch_size_ig].clone()
                 batch.requires_grad = True
                 attr = ig.attribute(batch, baselines=batch * 0, target=n, n_steps=ig_steps)
                 imps.append(spatial(attr.detach().cpu()))
@@ -287,18 +303,191 @@ def run_baseline(size, n_images, weights, target, tau, top_k, ig_steps, batch_si
         timings[f"layer_{upper}_s"] = round(time.perf_counter() - t, 3)
     wall = time.perf_counter() - t0
     peak = _status("VmHWM")
-    return {"wall_s": wall, "peak_rss": peak, "rss_before": rss0, "peak_exact": exact,
-            "foreign_cpu_s": _foreign_cpu(cpu0), "code": code, "cores": cores,
-            "timings": timings, "n_crops": len(cp), "n_class_images": int(class_images.shape[0]),
-            "threads": torch.get_num_threads()}
+    return {
+        "wall_s": wall,
+        "peak_rss": peak,
+        "rss_before": rss0,
+        "peak_exact": exact,
+        "foreign_cpu_s": _foreign_cpu(cpu0),
+        "code": code,
+        "cores": cores,
+        "timings": timings,
+        "n_crops": len(cp),
+        "n_class_images": int(class_images.shape[0]),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# named workloads (issue 13): real models, both sides sliced by neurflow's fx graph (the published
+# code splits by hand into netA / netB; the computation is the same: captum per node over netB)
+WORKLOADS = {
+    "fashion": "zoo:fashion-cnn, Sneaker, the demo's settings (tau 8, k 50, 50 steps, granularities 1/0.75/0.5, "
+    "layers head, block4, block3, block2 over block1), the first 2,000 test images",
+    "efficientnet": "zoo:efficientnet-lite0 on zoo:photos at 224 px, the class predicted most often, layers "
+    "net._blocks.15, net._blocks.14, net._blocks.13 over net._blocks.12 (three MBConv blocks), tau 8, k 20",
+}
+
+
+def make_named(workload: str):
+    """(model, images, target, layers, settings) of a named workload."""
+    import torch
+
+    from neurflow.datasets import load_data
+    from neurflow.models import load_model
+
+    if workload == "fashion":
+        from neurflow.demo import DEMOS
+
+        demo = DEMOS["fashion-cnn"]
+        model = load_model(demo.model).model
+        images = load_data(demo.data).images[:2000]
+        return model, images, 7, list(demo.layers), dict(demo.settings)
+    if workload == "efficientnet":
+        model = load_model("zoo:efficientnet-lite0").model
+        images = load_data("zoo:photos").images
+        with torch.no_grad():
+            pred = model(images).argmax(1)
+        target = int(torch.mode(pred).values)
+        layers = ["net._blocks.15", "net._blocks.14", "net._blocks.13", "net._blocks.12"]
+        return model, images, target, layers, {"tau": 8, "top_k": 20, "ig_steps": 50}
+    raise ValueError(workload)
+
+
+def run_ours_named(workload: str, batch_size: int, engine: str = "auto") -> dict:
+    import torch
+
+    import neurflow
+
+    model, images, target, layers, settings = make_named(workload)
+    code = code_state()
+    nf = neurflow.NeurFlow(batch_size=batch_size, engine=engine, **settings)
+    exact = _reset_peak()
+    rss0 = _status("VmRSS")
+    cpu0 = _cpu_now()
+    t0 = time.perf_counter()
+    nf.fit(model, images, target=target, layers=layers, quiet=True)
+    wall = time.perf_counter() - t0
+    c = nf.circuit_
+    return {
+        "wall_s": wall, "peak_rss": _status("VmHWM"), "rss_before": rss0, "peak_exact": exact,
+        "foreign_cpu_s": _foreign_cpu(cpu0), "code": code,
+        "cores": {l.name: {int(n): [int(j) for j in node.core] for n, node in l.nodes.items()} for l in c.layers},
+        "timings": dict(c.meta["timings_s"]), "n_crops": int(c.meta["n_crops"]),
+        "n_class_images": int(c.meta["n_class_images"]), "threads": torch.get_num_threads(), "target": target,
+    }  # fmt: skip
+
+
+def run_baseline_named(workload: str, batch_size: int, batch_size_ig: int = 128) -> dict:
+    """The published algorithm on a named workload: whole pool in memory, netA re-run per layer,
+    one captum IntegratedGradients call per node over its top-k crops."""
+    import torch
+    from captum.attr import IntegratedGradients
+    from torch import nn
+
+    from neurflow.crops import CropPool
+    from neurflow.layers import LayerGraph
+    from neurflow.probe import preserved, response
+
+    model, images, target, layers, settings = make_named(workload)
+    tau, top_k, steps = settings["tau"], settings["top_k"], settings["ig_steps"]
+    code = code_state()
+    graph = LayerGraph(model, layers)
+
+    class Wrapped(nn.Module):  # the published Model_wrapper: spatial mean of netB's output
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return response(self.m(x))
+
+    def batch_inference(net, data):
+        with torch.no_grad():
+            return torch.cat([net(data[i : i + batch_size]).detach() for i in range(0, len(data), batch_size)])
+
+    exact = _reset_peak()
+    rss0 = _status("VmRSS")
+    cpu0 = _cpu_now()
+    t0 = time.perf_counter()
+    timings, cores = {}, {}
+    with preserved(model):
+        logits = batch_inference(model, images)
+        class_images = images[logits.argmax(1) == target]
+        cp = CropPool(class_images, tuple(settings.get("granularities", GRANULARITIES)), STRIDE_RATIO)
+        pool = cp.get(range(len(cp)))
+        nodes = [target]
+        for upper, lower in zip(layers, layers[1:]):
+            t = time.perf_counter()
+            assert not graph.extras(lower, upper), "the baseline splits consecutive layers only"
+            prefix = graph.prefix(lower, upper)
+
+            def net_a(x, prefix=prefix):
+                return prefix(x)[0]
+
+            net_b = Wrapped(graph.segment(lower, upper))
+            prev = batch_inference(net_a, pool)
+            acts = torch.transpose(batch_inference(net_b, prev), 0, 1)
+            ig = IntegratedGradients(net_b)
+            layer_cores = {}
+            for n in nodes:
+                data = prev[torch.topk(acts[n], top_k)[1]]
+                imps = []
+                for i in range(0, len(data), batch_size_ig):
+                    batch = data[i : i + batch_size_ig].clone().requires_grad_(True)
+                    attr = ig.attribute(batch, baselines=batch * 0, target=n, n_steps=steps)
+                    imps.append(response(attr.detach()))
+                scores = torch.cat(imps)
+                idx = torch.argsort(-torch.mean(torch.abs(scores), dim=0), stable=True)[:tau]
+                layer_cores[int(n)] = [int(j) for j in idx]
+            cores[upper] = layer_cores
+            nodes = sorted({j for c in layer_cores.values() for j in c})
+            del prev, acts
+            timings[f"layer_{upper}_s"] = round(time.perf_counter() - t, 3)
+    return {
+        "wall_s": time.perf_counter() - t0, "peak_rss": _status("VmHWM"), "rss_before": rss0, "peak_exact": exact,
+        "foreign_cpu_s": _foreign_cpu(cpu0), "code": code, "cores": cores, "timings": timings,
+        "n_crops": len(cp), "n_class_images": int(class_images.shape[0]), "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def compare_named(args) -> int:
+    """``--workload fashion|efficientnet``: ours vs the published algorithm, one JSON."""
+    print(f"workload {args.workload}: {WORKLOADS[args.workload]}", flush=True)
+    ours = clean_run("run_ours_named", args.retries, args.max_wait, workload=args.workload, batch_size=args.batch_size)
+    show_run("ours", ours)
+    base = clean_run("run_baseline_named", args.retries, args.max_wait, workload=args.workload,
+                     batch_size=args.batch_size)  # fmt: skip
+    show_run("baseline", base)
+    return report_ratio(args, ours, base)
+
+
+def report_ratio(args, ours: dict, base: dict) -> int:
+    inc_o, inc_b = ours["peak_rss"] - ours["rss_before"], base["peak_rss"] - base["rss_before"]
+    speed = base["wall_s"] / ours["wall_s"]
+    ag = agreement(base["cores"], ours["cores"])
+    identical = bool(ag["all_node_sets_identical"] and ag["frac_identical_ordered"] == 1.0)
+    print(f"  time ratio baseline/ours: {speed:.2f}x;  peak memory increase ours/baseline: {inc_o / inc_b:.3f}")
+    print("  core-set agreement (baseline vs ours):")
+    show_agreement(ag, "base", "ours")
+    print(f"  identical node sets and ordered core sets: {identical}")
+    if args.json:
+        out = {"workload": args.workload, "time_ratio": speed, "peak_increase_ratio": inc_o / inc_b,
+               "identical_ordered_core_sets": identical, "agreement": ag,
+               "ours": {k: v for k, v in ours.items() if k != "cores"},
+               "baseline": {k: v for k, v in base.items() if k != "cores"}}  # fmt: skip
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------
 def _child(fn_name, kwargs, conn):
     try:
         conn.send(("ok", globals()[fn_name](**kwargs)))
-    except BaseException as exc:  # noqa: BLE001 - report to the parent
+    except BaseException:  # noqa: BLE001 - report to the parent
         import traceback
+
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
@@ -318,7 +507,7 @@ def in_child(fn_name: str, **kwargs) -> dict:
     return value
 
 
-DISTURBED = 0.05   # a run is "disturbed" when other processes took more than 5% of the machine
+DISTURBED = 0.05  # a run is "disturbed" when other processes took more than 5% of the machine
 
 
 def _share(r: dict) -> float:
@@ -335,7 +524,7 @@ def wait_idle(max_wait: float, window: float = 5.0) -> None:
         share = _foreign_cpu(start) / (window * (os.cpu_count() or 1))
         if share < DISTURBED or time.monotonic() > t_end:
             if said:
-                print(f"    (machine idle again)" if share < DISTURBED else "    (gave up waiting)", flush=True)
+                print("    (machine idle again)" if share < DISTURBED else "    (gave up waiting)", flush=True)
             return
         if not said:
             print(f"    (waiting for an idle machine: other processes use {100 * share:.0f}%)", flush=True)
@@ -350,8 +539,10 @@ def clean_run(fn_name: str, retries: int, max_wait: float, **kwargs) -> dict:
         r = in_child(fn_name, **kwargs)
         if _share(r) <= DISTURBED or attempt == retries:
             return r
-        print(f"    ({fn_name} disturbed: other processes took {100 * _share(r):.0f}% of the machine; rerunning)",
-              flush=True)
+        print(
+            f"    ({fn_name} disturbed: other processes took {100 * _share(r):.0f}% of the machine; rerunning)",
+            flush=True,
+        )
     return r
 
 
@@ -366,19 +557,25 @@ def agreement(a: dict, b: dict) -> dict:
         common = sorted(na & nb)
         jac = [len(set(a[name][n]) & set(b[name][n])) / len(set(a[name][n]) | set(b[name][n])) for n in common]
         same = [list(a[name][n]) == list(b[name][n]) for n in common]
-        per_layer[name] = {"nodes_a": len(na), "nodes_b": len(nb), "common": len(common),
-                           "node_sets_identical": na == nb,
-                           "mean_jaccard": sum(jac) / len(jac) if jac else float("nan"),
-                           "identical_sets": sum(j == 1.0 for j in jac), "identical_ordered": sum(same)}
+        per_layer[name] = {
+            "nodes_a": len(na),
+            "nodes_b": len(nb),
+            "common": len(common),
+            "node_sets_identical": na == nb,
+            "mean_jaccard": sum(jac) / len(jac) if jac else float("nan"),
+            "identical_sets": sum(j == 1.0 for j in jac),
+            "identical_ordered": sum(same),
+        }
         jac_all += jac
         same_all += same
-    return {"per_layer": per_layer,
-            "mean_jaccard": sum(jac_all) / len(jac_all) if jac_all else float("nan"),
-            "frac_identical_sets": sum(j == 1.0 for j in jac_all) / len(jac_all) if jac_all else float("nan"),
-            "frac_identical_ordered": sum(same_all) / len(same_all) if same_all else float("nan"),
-            "n_common_nodes": len(jac_all),
-            "all_node_sets_identical": all(v["node_sets_identical"] for v in per_layer.values())
-            and set(a) == set(b)}
+    return {
+        "per_layer": per_layer,
+        "mean_jaccard": sum(jac_all) / len(jac_all) if jac_all else float("nan"),
+        "frac_identical_sets": sum(j == 1.0 for j in jac_all) / len(jac_all) if jac_all else float("nan"),
+        "frac_identical_ordered": sum(same_all) / len(same_all) if same_all else float("nan"),
+        "n_common_nodes": len(jac_all),
+        "all_node_sets_identical": all(v["node_sets_identical"] for v in per_layer.values()) and set(a) == set(b),
+    }
 
 
 def mib(x: float) -> str:
@@ -392,30 +589,52 @@ def disturbance(r: dict) -> str:
 
 
 def show_run(label: str, r: dict) -> None:
-    print(f"  {label + ':':9s} {r['wall_s']:8.1f} s   peak RSS {mib(r['peak_rss'])} "
-          f"(+{mib(r['peak_rss'] - r['rss_before'])} over {mib(r['rss_before'])} before the timed part)"
-          f"   class images {r['n_class_images']}, crops {r['n_crops']}", flush=True)
+    print(
+        f"  {label + ':':9s} {r['wall_s']:8.1f} s   peak RSS {mib(r['peak_rss'])} "
+        f"(+{mib(r['peak_rss'] - r['rss_before'])} over {mib(r['rss_before'])} before the timed part)"
+        f"   class images {r['n_class_images']}, crops {r['n_crops']}",
+        flush=True,
+    )
     print(f"            stages (s): {r['timings']}")
-    print(f"            code: {r['code']}; {disturbance(r)}" + ("" if r["peak_exact"] else "; peak RSS could not be reset"))
+    print(
+        f"            code: {r['code']}; {disturbance(r)}"
+        + ("" if r["peak_exact"] else "; peak RSS could not be reset")
+    )
 
 
 def show_agreement(ag: dict, label_a: str, label_b: str) -> None:
     for name, v in ag["per_layer"].items():
-        print(f"    {name:9s} nodes {label_a} {v['nodes_a']:4d}, {label_b} {v['nodes_b']:4d}, common {v['common']:4d}"
-              f" (node sets identical: {v['node_sets_identical']}); mean Jaccard {v['mean_jaccard']:.4f};"
-              f" identical core sets {v['identical_sets']}/{v['common']}, identical ordered {v['identical_ordered']}/{v['common']}")
-    print(f"    overall: mean Jaccard {ag['mean_jaccard']:.4f} over {ag['n_common_nodes']} common nodes; "
-          f"identical core sets {ag['frac_identical_sets']:.3f}; identical ordered lists {ag['frac_identical_ordered']:.3f}; "
-          f"all node sets identical: {ag['all_node_sets_identical']}")
+        print(
+            f"    {name:9s} nodes {label_a} {v['nodes_a']:4d}, {label_b} {v['nodes_b']:4d}, common {v['common']:4d}"
+            f" (node sets identical: {v['node_sets_identical']}); mean Jaccard {v['mean_jaccard']:.4f};"
+            f" identical core sets {v['identical_sets']}/{v['common']},"
+            f" identical ordered {v['identical_ordered']}/{v['common']}"
+        )
+    print(
+        f"    overall: mean Jaccard {ag['mean_jaccard']:.4f} over {ag['n_common_nodes']} common nodes; "
+        f"identical core sets {ag['frac_identical_sets']:.3f}; "
+        f"identical ordered lists {ag['frac_identical_ordered']:.3f}; "
+        f"all node sets identical: {ag['all_node_sets_identical']}"
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--workload",
+        choices=("resnet18", "fashion", "efficientnet"),
+        help="a named workload (issue 13): resnet18 = bn-perturbed resnet18 at 96 px; fashion, efficientnet: "
+        + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()),
+    )
     ap.add_argument("--size", type=int, default=64, help="image side in px (default 64; the issue asks 224)")
     ap.add_argument("--images", type=int, default=20, help="random images (default 20, as the issue asks)")
-    ap.add_argument("--weights", choices=("init", "bn-perturbed"), default="init",
-                    help="init: torchvision's random initialisation (IG exact at any step count, see "
-                         "make_workload); bn-perturbed: random BatchNorm statistics (non-trivial IG paths)")
+    ap.add_argument(
+        "--weights",
+        choices=("init", "bn-perturbed"),
+        default="init",
+        help="init: torchvision's random initialisation (IG exact at any step count, see "
+        "make_workload); bn-perturbed: random BatchNorm statistics (non-trivial IG paths)",
+    )
     ap.add_argument("--ig-steps", type=int, default=50, help="IG steps for the comparison, both sides (default 50)")
     ap.add_argument("--tau", type=int, default=16)
     ap.add_argument("--top-k", type=int, default=50)
@@ -424,20 +643,42 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default="8,16,32,50", help="step counts for --steps-study (the last is the reference)")
     ap.add_argument("--no-compare", action="store_true", help="skip the ours-vs-baseline comparison")
     ap.add_argument("--json", help="also write all figures to this JSON file")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="rerun a run that other processes disturbed (>5%% of the CPU) up to this many times")
-    ap.add_argument("--max-wait", type=float, default=600,
-                    help="before each run, wait up to this many seconds for an idle machine (0: do not wait)")
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="rerun a run that other processes disturbed (>5%% of the CPU) up to this many times",
+    )
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=600,
+        help="before each run, wait up to this many seconds for an idle machine (0: do not wait)",
+    )
     args = ap.parse_args(argv)
+    if args.workload in WORKLOADS:
+        return compare_named(args)
+    if args.workload == "resnet18":
+        args.size, args.weights = 96, "bn-perturbed"
 
     import torch
+
     target, n_target = pick_target(args.size, args.images, args.batch_size, args.weights)
-    common = dict(size=args.size, n_images=args.images, weights=args.weights, target=target, tau=args.tau, top_k=args.top_k,
-                  batch_size=args.batch_size)
-    print(f"workload: resnet18 (random weights, seed 0, {args.weights}), {args.images} random images at {args.size} px, "
-          f"target class {target} ({n_target} images predicted as it), layers {', '.join(LAYERS[:-1])} "
-          f"(input {LAYERS[-1]}), tau {args.tau}, k {args.top_k}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    common = dict(
+        size=args.size,
+        n_images=args.images,
+        weights=args.weights,
+        target=target,
+        tau=args.tau,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"workload: resnet18 (random weights, seed 0, {args.weights}), {args.images} random images at {args.size} px, "
+        f"target class {target} ({n_target} images predicted as it), layers {', '.join(LAYERS[:-1])} "
+        f"(input {LAYERS[-1]}), tau {args.tau}, k {args.top_k}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    )
     results = {"args": vars(args), "target": target, "n_target_images": n_target}
     ours50 = None
 
@@ -451,20 +692,29 @@ def main(argv=None) -> int:
         inc_b = base["peak_rss"] - base["rss_before"]
         speed = base["wall_s"] / ours["wall_s"]
         print(f"  time ratio baseline/ours: {speed:.2f}x   (target >= 5x: {'met' if speed >= 5 else 'NOT met'})")
-        print(f"  peak memory ours/baseline: increase {inc_o / inc_b:.3f}, absolute peak "
-              f"{ours['peak_rss'] / base['peak_rss']:.3f}   (target <= 0.5 of the increase: "
-              f"{'met' if inc_o <= 0.5 * inc_b else 'NOT met'})")
+        print(
+            f"  peak memory ours/baseline: increase {inc_o / inc_b:.3f}, absolute peak "
+            f"{ours['peak_rss'] / base['peak_rss']:.3f}   (target <= 0.5 of the increase: "
+            f"{'met' if inc_o <= 0.5 * inc_b else 'NOT met'})"
+        )
         ag = agreement(base["cores"], ours["cores"])
         print("  core-set agreement (baseline vs ours):")
         show_agreement(ag, "base", "ours")
         identical = ag["all_node_sets_identical"] and ag["frac_identical_sets"] == 1.0
         print(f"  identical core sets (target): {'met' if identical else 'NOT met'}")
-        results.update(ours={k: v for k, v in ours.items() if k != "cores"},
-                       baseline={k: v for k, v in base.items() if k != "cores"},
-                       speedup=speed, memory_ratio_increase=inc_o / inc_b,
-                       memory_ratio_peak=ours["peak_rss"] / base["peak_rss"], agreement=ag)
+        results.update(
+            ours={k: v for k, v in ours.items() if k != "cores"},
+            baseline={k: v for k, v in base.items() if k != "cores"},
+            speedup=speed,
+            memory_ratio_increase=inc_o / inc_b,
+            memory_ratio_peak=ours["peak_rss"] / base["peak_rss"],
+            agreement=ag,
+        )
         if args.ig_steps == 50:
             ours50 = ours
+        if args.workload == "resnet18":
+            report_ratio(args, ours, base)
+            return 0
 
     if args.steps_study:
         steps = [int(s) for s in args.steps.split(",")]
@@ -485,19 +735,28 @@ def main(argv=None) -> int:
             ag = agreement(ref["cores"], r["cores"])
             rel = {k: v["relative"] for k, v in r["gaps"].items()}
             mean_rel = sum(rel.values()) / len(rel)
-            study[s] = {"wall_s": r["wall_s"], "peak_rss": r["peak_rss"], "agreement": ag,
-                        "relative_gap": rel, "mean_relative_gap": mean_rel}
-            print(f"  steps {s:3d}: {r['wall_s']:7.1f} s ({ref['wall_s'] / r['wall_s']:.2f}x vs {ref_steps}); "
-                  f"mean Jaccard vs {ref_steps}: {ag['mean_jaccard']:.4f}; identical ordered cores "
-                  f"{ag['frac_identical_ordered']:.3f}; identical sets {ag['frac_identical_sets']:.3f}; "
-                  f"node sets identical: {ag['all_node_sets_identical']}; mean relative completeness gap "
-                  f"{mean_rel:.2e} (per layer: {', '.join(f'{k} {v:.1e}' for k, v in rel.items())})")
+            study[s] = {
+                "wall_s": r["wall_s"],
+                "peak_rss": r["peak_rss"],
+                "agreement": ag,
+                "relative_gap": rel,
+                "mean_relative_gap": mean_rel,
+            }
+            print(
+                f"  steps {s:3d}: {r['wall_s']:7.1f} s ({ref['wall_s'] / r['wall_s']:.2f}x vs {ref_steps}); "
+                f"mean Jaccard vs {ref_steps}: {ag['mean_jaccard']:.4f}; identical ordered cores "
+                f"{ag['frac_identical_ordered']:.3f}; identical sets {ag['frac_identical_sets']:.3f}; "
+                f"node sets identical: {ag['all_node_sets_identical']}; mean relative completeness gap "
+                f"{mean_rel:.2e} (per layer: {', '.join(f'{k} {v:.1e}' for k, v in rel.items())})"
+            )
         results["steps_study"] = study
 
     codes = {r["code"] for r in [results.get("ours"), results.get("baseline")] if r}
     codes |= {runs[s]["code"] for s in runs} if args.steps_study else set()
-    print(f"\nneurflow code used: {', '.join(sorted(codes))}"
-          + ("  ** the package changed while the benchmark ran: rerun **" if len(codes) > 1 else ""))
+    print(
+        f"\nneurflow code used: {', '.join(sorted(codes))}"
+        + ("  ** the package changed while the benchmark ran: rerun **" if len(codes) > 1 else "")
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)

@@ -4,11 +4,13 @@ thumbnails; partial runs saved after every layer, resumed when the run hash matc
 Every file is written to a temporary name and renamed into place; ``manifest.json`` is written
 last, so a directory is never readable as complete unless it is.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +22,8 @@ import torch
 from .circuit import Circuit, Layer
 from .errors import NeurFlowError
 
+log = logging.getLogger(__name__)
+
 SCHEMA = "neurflow.circuit"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -27,7 +31,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-FAULT_ENV = "NEURFLOW_FAULT"   # tests only: "write:<glob>" kills the process mid-write (docs/reliability.md)
+FAULT_ENV = "NEURFLOW_FAULT"  # tests only: "write:<glob>" kills the process mid-write (docs/reliability.md)
 
 
 def _fault(path: Path) -> None:
@@ -35,6 +39,7 @@ def _fault(path: Path) -> None:
     if spec.startswith("write:"):
         import fnmatch
         import signal
+
         if fnmatch.fnmatch(str(path), spec[6:]) or fnmatch.fnmatch(path.name, spec[6:]):
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -50,7 +55,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are meant to be shared
         if FAULT_ENV in os.environ:
-            _fault(path)        # the temporary file is written, the rename has not happened
+            _fault(path)  # the temporary file is written, the rename has not happened
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -90,11 +95,131 @@ def run_hash(model_digest: str, data_digest: str, settings: dict) -> str:
     return h.hexdigest()[:32]
 
 
+class RunDir:
+    """The layout of a run directory (docs/artifact.md), known here and nowhere else."""
+
+    def __init__(self, directory):
+        self.path = Path(directory)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- what the run writes ---------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def circuit(self) -> Path:
+        return self.path / "circuit.json"
+
+    @property
+    def arrays(self) -> Path:
+        return self.path / "arrays.npz"
+
+    @property
+    def crops(self) -> Path:
+        return self.path / "crops"
+
+    def crop(self, index: int) -> Path:
+        return self.crops / f"{int(index)}.png"
+
+    def thumbnails(self) -> list[int]:
+        """The crop indices that have a thumbnail, ascending."""
+        return sorted(int(p.stem) for p in self.crops.glob("*.png") if p.stem.isdigit()) if self.crops.is_dir() else []
+
+    @property
+    def partial(self) -> Path:
+        return self.path / "partial"
+
+    def partial_layer(self, i: int, ext: str) -> Path:
+        return self.partial / f"layer{i}.{ext}"
+
+    # -- what the commands on a finished run write -----------------------------------------------
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def audit(self) -> Path:
+        return self.path / "audit.json"
+
+    @property
+    def debug(self) -> Path:
+        return self.path / "debug"
+
+    def debug_file(self, name: str, ext: str = "json") -> Path:
+        return self.debug / f"{name}.{ext}"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval"
+
+    def eval_file(self, name: str, ext: str = "json") -> Path:
+        return self.eval / f"{name}.{ext}"
+
+    def eval_partial(self, name: str) -> Path:
+        return self.eval / f"{name}.partial.json"
+
+    def eval_results(self) -> list[Path]:
+        """Finished experiment results (not their checkpoints), by name."""
+        if not self.eval.is_dir():
+            return []
+        return [p for p in sorted(self.eval.glob("*.json")) if not p.name.endswith(".partial.json")]
+
+    # -- the circuit ---------------------------------------------------------------------------
+    def read_circuit(self) -> Circuit:
+        """The finished run's ``Circuit``, without the model."""
+        d = self.path
+        if not d.is_dir():
+            raise NeurFlowError("directory", "a neurflow run directory", str(d), "it does not exist")
+        if not self.circuit.exists() or not self.manifest.exists():
+            raise NeurFlowError(
+                "directory",
+                "a finished neurflow run directory",
+                str(d),
+                "no circuit.json/manifest.json: the run is partial or this is not a run; "
+                "rerun `neurflow run` into it to resume",
+            )
+        manifest = json.loads(self.manifest.read_text())
+        doc = json.loads(self.circuit.read_text())
+        version = doc.get("schema_version")
+        if doc.get("schema") != SCHEMA or not isinstance(version, int):
+            raise NeurFlowError(
+                "directory", f"a {SCHEMA} artifact", str(self.circuit), "circuit.json has no neurflow schema"
+            )
+        if version > SCHEMA_VERSION:
+            raise NeurFlowError(
+                "directory",
+                f"schema version <= {SCHEMA_VERSION}",
+                version,
+                "written by a newer neurflow; upgrade neurflow to read it",
+            )
+        if not manifest.get("complete") or manifest.get("run_hash") != doc.get("run_hash"):
+            raise NeurFlowError("directory", "a finished run", str(d), "the run is partial; rerun it to resume")
+        arrays = {}
+        if self.arrays.exists():
+            with np.load(self.arrays) as z:
+                arrays = {k: z[k] for k in z.files}
+        return Circuit.from_json(doc, arrays)
+
+    def write_circuit(self, circuit: Circuit, run_hash: str | None = None) -> None:
+        """Write ``circuit.json`` (atomically) under ``run_hash`` (default: the one the circuit records)."""
+        doc = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_hash": run_hash or circuit.meta.get("run_hash")}
+        doc.update(circuit.to_json())
+        write_json(self.circuit, doc)
+
+
 class RunStore:
-    """A run directory: refuses a different run unless ``overwrite``; resumes a matching one."""
+    """Saving and resuming one run in a directory: refuses a different run unless ``overwrite``;
+    resumes a matching one layer by layer; hands back a finished one."""
 
     def __init__(self, directory, digest: str, overwrite: bool = False):
-        self.dir = Path(directory)
+        self.layout = RunDir(directory)
+        self.dir = self.layout.path
         self.digest = digest
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -102,24 +227,32 @@ class RunStore:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise NeurFlowError("--out", "a writable directory", str(directory), exc.strerror or str(exc)) from None
+            raise NeurFlowError("out", "a writable directory", str(directory), exc.strerror or str(exc)) from None
         manifest = self.read_manifest()
         self.done: list[dict] = []
         if manifest is None:
             if any(p.name != MANIFEST and not p.name.startswith(".tmp-") for p in self.dir.iterdir()):
                 # never delete what is not ours, even with --overwrite
-                raise NeurFlowError("--out", "an empty directory or a neurflow run directory", str(directory),
-                                    "it holds other files and no neurflow manifest; choose another --out")
-            self._manifest(False)   # claim the directory first: a crash before the first layer stays resumable
+                raise NeurFlowError(
+                    "out",
+                    "an empty directory or a neurflow run directory",
+                    str(directory),
+                    "it holds other files and no neurflow manifest; choose another {p:out}",
+                )
+            self._manifest(False)  # claim the directory first: a crash before the first layer stays resumable
         elif manifest.get("run_hash") != digest:
             if not overwrite:
-                raise NeurFlowError("--out", "a directory holding this run (same model, data and settings)",
-                                    str(directory), "it holds a different run; pass --overwrite to replace it")
+                raise NeurFlowError(
+                    "out",
+                    "a directory holding this run (same model, data and settings)",
+                    str(directory),
+                    "it holds a different run; pass {p:overwrite} to replace it",
+                )
             self._clear()
             self._manifest(False)
         else:
             self.done = manifest.get("layers_done", [])
-        for tmp in self.dir.rglob(".tmp-*"):   # left by a write that was killed before its rename
+        for tmp in self.dir.rglob(".tmp-*"):  # left by a write that was killed before its rename
             tmp.unlink(missing_ok=True)
 
     def _clear(self) -> None:
@@ -127,7 +260,7 @@ class RunStore:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     def read_manifest(self) -> dict | None:
-        path = self.dir / MANIFEST
+        path = self.layout.manifest
         if not path.exists():
             return None
         try:
@@ -140,61 +273,70 @@ class RunStore:
         m = self.read_manifest()
         return bool(m and m.get("complete") and m.get("run_hash") == self.digest)
 
+    def finished(self) -> Circuit | None:
+        """The finished run in the directory when it is this run, else None."""
+        if not self.complete:
+            return None
+        log.info("loaded the finished run in %s (nothing recomputed)", self.dir)
+        return self.layout.read_circuit()
+
     def _manifest(self, complete: bool) -> None:
-        write_json(self.dir / MANIFEST, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-                                         "run_hash": self.digest, "complete": complete,
-                                         "layers_done": self.done})
+        write_json(
+            self.layout.manifest,
+            {
+                "schema": SCHEMA,
+                "schema_version": SCHEMA_VERSION,
+                "run_hash": self.digest,
+                "complete": complete,
+                "layers_done": self.done,
+            },
+        )
 
     def save_layer(self, layer: Layer, arrays: dict) -> None:
         i = len(self.done)
-        write_json(self.dir / "partial" / f"layer{i}.json", layer.to_json())
-        write_npz(self.dir / "partial" / f"layer{i}.npz", arrays)
-        self.done.append({"name": layer.name, "file": f"partial/layer{i}.json"})
+        write_json(self.layout.partial_layer(i, "json"), layer.to_json())
+        write_npz(self.layout.partial_layer(i, "npz"), arrays)
+        entry = self.layout.partial_layer(i, "json").relative_to(self.dir).as_posix()
+        self.done.append({"name": layer.name, "file": entry})
         self._manifest(False)
 
     def load_layers(self) -> list[tuple[Layer, dict]]:
         out = []
         for i, entry in enumerate(self.done):
             d = json.loads((self.dir / entry["file"]).read_text())
-            with np.load(self.dir / "partial" / f"layer{i}.npz") as z:
+            with np.load(self.layout.partial_layer(i, "npz")) as z:
                 arrays = {k: z[k] for k in z.files}
             out.append((Layer.from_json(d), arrays))
+        if out:
+            log.info("resuming: %d layer(s) already done in %s", len(out), self.dir)
         return out
 
-    def finish(self, circuit: Circuit, thumbnails: dict) -> None:
-        for idx, png in thumbnails.items():
-            path = self.dir / "crops" / f"{idx}.png"
-            if not path.exists():
-                atomic_write(path, png)
-        write_npz(self.dir / "arrays.npz", dict(circuit.arrays))
-        doc = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_hash": self.digest}
-        doc.update(circuit.to_json())
-        write_json(self.dir / "circuit.json", doc)
+    def finish(self, circuit: Circuit, pool=None, thumbnails: dict | None = None) -> None:
+        """Write the finished run: the crop thumbnails (``thumbnails`` {crop: PNG bytes}, or made
+        from ``pool`` for every display exemplar), the arrays, ``circuit.json``, then the manifest
+        (last: the directory is complete only now)."""
+        if thumbnails is None and pool is not None:
+            from .data import thumbnails as make
+
+            shown = sorted(
+                {
+                    c
+                    for l in circuit.layers
+                    for n in l.nodes.values()
+                    for s in n.sub_concepts
+                    for c in s.display_exemplars
+                }
+            )
+            thumbnails = make(pool, [c for c in shown if not self.layout.crop(c).exists()])
+        for idx, png in (thumbnails or {}).items():
+            if not self.layout.crop(idx).exists():
+                atomic_write(self.layout.crop(idx), png)
+        write_npz(self.layout.arrays, dict(circuit.arrays))
+        self.layout.write_circuit(circuit, self.digest)
         self._manifest(True)
-        shutil.rmtree(self.dir / "partial", ignore_errors=True)
+        shutil.rmtree(self.layout.partial, ignore_errors=True)
 
 
 def load(directory) -> Circuit:
     """Load a finished run's ``Circuit`` without the model."""
-    d = Path(directory)
-    manifest_path, circuit_path = d / MANIFEST, d / "circuit.json"
-    if not d.is_dir():
-        raise NeurFlowError("DIR", "a neurflow run directory", str(directory), "it does not exist")
-    if not circuit_path.exists() or not manifest_path.exists():
-        raise NeurFlowError("DIR", "a finished neurflow run directory", str(directory),
-                            "no circuit.json/manifest.json: the run is partial or this is not a run; rerun `neurflow run` into it to resume")
-    manifest = json.loads(manifest_path.read_text())
-    doc = json.loads(circuit_path.read_text())
-    version = doc.get("schema_version")
-    if doc.get("schema") != SCHEMA or not isinstance(version, int):
-        raise NeurFlowError("DIR", f"a {SCHEMA} artifact", str(circuit_path), "circuit.json has no neurflow schema")
-    if version > SCHEMA_VERSION:
-        raise NeurFlowError("DIR", f"schema version <= {SCHEMA_VERSION}", version,
-                            "written by a newer neurflow; upgrade neurflow to read it")
-    if not manifest.get("complete") or manifest.get("run_hash") != doc.get("run_hash"):
-        raise NeurFlowError("DIR", "a finished run", str(directory), "the run is partial; rerun it to resume")
-    arrays = {}
-    if (d / "arrays.npz").exists():
-        with np.load(d / "arrays.npz") as z:
-            arrays = {k: z[k] for k in z.files}
-    return Circuit.from_json(doc, arrays)
+    return RunDir(directory).read_circuit()

@@ -6,6 +6,7 @@ the nodes that share this crop are then taken from that one forward pass (one ba
 the attribution maps are reduced to channel scores on the fly, so memory stays bounded by the
 batch size whatever the number of nodes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .layers import response
+from .probe import response, width
 
 
 def gauss_legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,9 +26,9 @@ def gauss_legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class IGResult:
-    scores: list            # per crop row: [len(requests[row]), C_lower] channel scores (spatial mean)
-    totals: list            # per crop row: [len(requests[row])] sum of the attribution map
-    deltas: list            # per crop row: [len(requests[row])] h(A) - h(0)
+    scores: list  # per crop row: [len(requests[row]), C_lower] channel scores (spatial mean)
+    totals: list  # per crop row: [len(requests[row])] sum of the attribution map
+    deltas: list  # per crop row: [len(requests[row])] h(A) - h(0)
 
     def gaps(self) -> np.ndarray:
         """Completeness gap per (row, request): sum of attributions - (h(A) - h(0))."""
@@ -50,9 +51,9 @@ def integrated_gradients(
     alphas, weights = gauss_legendre(steps)
     alphas_t = torch.as_tensor(alphas, dtype=acts.dtype, device=acts.device)
     weights_t = torch.as_tensor(weights, dtype=acts.dtype, device=acts.device)
-    c_low = acts.shape[-1] if acts.ndim == 3 else acts.shape[1]
+    c_low = width(acts)
     counts = np.asarray([len(r) for r in requests], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])     # (row, g) -> flat slot offsets[row] + g
+    offsets = np.concatenate([[0], np.cumsum(counts)])  # (row, g) -> flat slot offsets[row] + g
     chan_of_slot = np.asarray([c for r in requests for c in r], dtype=np.int64)
     n_slots = int(offsets[-1])
     scores = torch.zeros(n_slots, c_low, dtype=torch.float64)
@@ -64,20 +65,20 @@ def integrated_gradients(
         for start in range(0, n_rows, batch_size):
             sl = slice(start, start + batch_size)
             ex = [e[sl] for e in extras]
-            diff = (response(segment(acts[sl], *ex)) - response(segment(torch.zeros_like(acts[sl]), *ex)))
-            diff = diff.double().cpu().numpy()
+            h = response(segment(acts[sl], *ex)) - response(segment(torch.zeros_like(acts[sl]), *ex))
+            diff = h.double().cpu().numpy()
             for i in range(diff.shape[0]):
                 row = start + i
-                deltas[offsets[row]:offsets[row + 1]] = diff[i, requests[row]]
+                deltas[offsets[row] : offsets[row + 1]] = diff[i, requests[row]]
 
     # items = (row, step); rows sorted by their number of requests so a sub-batch is homogeneous
     order = [r for r in np.argsort(-counts, kind="stable") if counts[r]]
     item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
     item_step = np.tile(np.arange(steps), len(order))
     for start in range(0, len(item_row), batch_size):
-        rows_np = item_row[start:start + batch_size]
+        rows_np = item_row[start : start + batch_size]
         rows = torch.from_numpy(rows_np).to(acts.device)
-        stp = torch.from_numpy(item_step[start:start + batch_size]).to(acts.device)
+        stp = torch.from_numpy(item_step[start : start + batch_size]).to(acts.device)
         base = acts[rows]
         shape = (-1,) + (1,) * (base.ndim - 1)
         x = (alphas_t[stp].view(shape) * base).detach().requires_grad_(True)
@@ -92,9 +93,9 @@ def integrated_gradients(
                 go = torch.zeros_like(r)
                 go[idx, torch.from_numpy(chan_of_slot[slot]).to(r.device)] = weights_t[stp[idx]]
                 (grad,) = torch.autograd.grad(r, x, go, retain_graph=g < int(item_counts.max()) - 1)
-                attr = (base[idx] * grad[idx])
+                attr = base[idx] * grad[idx]
                 slot_t = torch.from_numpy(slot)
                 scores.index_add_(0, slot_t, response(attr).double().cpu())
                 totals.index_add_(0, slot_t, attr.flatten(1).sum(1).double().cpu())
-    split = lambda a: [a[offsets[i]:offsets[i + 1]] for i in range(n_rows)]  # noqa: E731
+    split = lambda a: [a[offsets[i] : offsets[i + 1]] for i in range(n_rows)]  # noqa: E731
     return IGResult(split(scores.numpy()), split(totals.numpy()), split(deltas))

@@ -5,6 +5,7 @@ the class layer first; each ``Layer`` has ``name``, ``nodes`` (neuron index -> `
 ``core`` and ``sub_concepts``; each ``SubConcept`` has ``exemplars``, ``display_exemplars``,
 ``activation`` and ``weights``) and ``groups``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,51 +22,70 @@ def _frozen_map(d) -> Mapping:
 @dataclass(frozen=True)
 class SubConcept:
     id: int
-    exemplars: tuple            # crop indices of the members, in rank order
-    display_exemplars: tuple    # at most 5 members nearest the centre (core coordinates), rank order
-    activation: float           # mean response of the node over the members
-    weights: Mapping            # lower neuron index -> edge weight (normalised)
-    raw_weights: Mapping        # lower neuron index -> mean IG over the members (signed)
-    group: int | None = None    # layer group this sub-concept belongs to
+    exemplars: tuple  # crop indices of the members, in rank order
+    display_exemplars: tuple  # at most 5 members nearest the centre (core coordinates), rank order
+    activation: float  # mean response of the node over the members
+    weights: Mapping  # lower neuron index -> edge weight (normalised)
+    raw_weights: Mapping  # lower neuron index -> mean IG over the members (signed)
+    group: int | None = None  # layer group this sub-concept belongs to
 
     def to_json(self) -> dict:
-        return {"id": self.id, "exemplars": list(self.exemplars),
-                "display_exemplars": list(self.display_exemplars), "activation": self.activation,
-                "weights": {str(k): v for k, v in self.weights.items()},
-                "raw_weights": {str(k): v for k, v in self.raw_weights.items()}, "group": self.group}
+        return {
+            "id": self.id,
+            "exemplars": list(self.exemplars),
+            "display_exemplars": list(self.display_exemplars),
+            "activation": self.activation,
+            "weights": {str(k): v for k, v in self.weights.items()},
+            "raw_weights": {str(k): v for k, v in self.raw_weights.items()},
+            "group": self.group,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> "SubConcept":
-        return cls(d["id"], tuple(d["exemplars"]), tuple(d["display_exemplars"]), float(d["activation"]),
-                   _frozen_map((int(k), float(v)) for k, v in d["weights"].items()),
-                   _frozen_map((int(k), float(v)) for k, v in d.get("raw_weights", {}).items()),
-                   d.get("group"))
+        return cls(
+            d["id"],
+            tuple(d["exemplars"]),
+            tuple(d["display_exemplars"]),
+            float(d["activation"]),
+            _frozen_map((int(k), float(v)) for k, v in d["weights"].items()),
+            _frozen_map((int(k), float(v)) for k, v in d.get("raw_weights", {}).items()),
+            d.get("group"),
+        )
 
 
 @dataclass(frozen=True)
 class Node:
     index: int
-    core: tuple                 # ranked lower-layer neuron indices, best first
-    sub_concepts: tuple         # SubConcept, ...
-    exemplars: tuple            # the node's top-k crops, best first
-    importance: tuple           # mean |IG| over the exemplars of each core neuron (same order)
+    core: tuple  # ranked lower-layer neuron indices, best first
+    sub_concepts: tuple  # SubConcept, ...
+    exemplars: tuple  # the node's top-k crops, best first
+    importance: tuple  # mean |IG| over the exemplars of each core neuron (same order)
 
     def to_json(self) -> dict:
-        return {"core": list(self.core), "importance": list(self.importance),
-                "exemplars": list(self.exemplars), "sub_concepts": [s.to_json() for s in self.sub_concepts]}
+        return {
+            "core": list(self.core),
+            "importance": list(self.importance),
+            "exemplars": list(self.exemplars),
+            "sub_concepts": [s.to_json() for s in self.sub_concepts],
+        }
 
     @classmethod
     def from_json(cls, index: int, d: dict) -> "Node":
-        return cls(index, tuple(d["core"]), tuple(SubConcept.from_json(s) for s in d["sub_concepts"]),
-                   tuple(d["exemplars"]), tuple(d.get("importance", ())))
+        return cls(
+            index,
+            tuple(d["core"]),
+            tuple(SubConcept.from_json(s) for s in d["sub_concepts"]),
+            tuple(d["exemplars"]),
+            tuple(d.get("importance", ())),
+        )
 
 
 @dataclass(frozen=True)
 class Group:
     id: int
-    members: tuple              # ((neuron, sub_concept), ...) ordered by distance to the centre
-    neurons: tuple              # distinct member neurons, same order
-    label: Mapping | None = None     # {"text", "labeler", "confidence", "evidence", "check"} (neurflow label)
+    members: tuple  # ((neuron, sub_concept), ...) ordered by distance to the centre
+    neurons: tuple  # distinct member neurons, same order
+    label: Mapping | None = None  # {"text", "labeler", "confidence", "evidence", "check"} (neurflow label)
     relation: Mapping | None = None  # {"text", "labeler", "lower": [group ids], ...}: how the lower groups feed it
 
     def to_json(self) -> dict:
@@ -81,9 +101,13 @@ class Group:
         label = d.get("label")
         if isinstance(label, str):  # a bare caption
             label = {"text": label}
-        return cls(d["id"], tuple(tuple(m) for m in d["members"]), tuple(d["neurons"]),
-                   _frozen_map(label) if label is not None else None,
-                   _frozen_map(d["relation"]) if d.get("relation") is not None else None)
+        return cls(
+            d["id"],
+            tuple(tuple(m) for m in d["members"]),
+            tuple(d["neurons"]),
+            _frozen_map(label) if label is not None else None,
+            _frozen_map(d["relation"]) if d.get("relation") is not None else None,
+        )
 
     @property
     def label_text(self) -> str | None:
@@ -93,52 +117,98 @@ class Group:
 @dataclass(frozen=True)
 class Layer:
     name: str
-    lower: str                  # the layer whose channels are this layer's core neurons
-    nodes: Mapping              # neuron index -> Node
-    groups: tuple = ()          # Group, ...
+    lower: str  # the layer whose channels are this layer's core neurons
+    nodes: Mapping  # neuron index -> Node
+    groups: tuple = ()  # Group, ...
     group_edges: Mapping = field(default_factory=dict)  # group -> {lower group -> weight}
     completeness_gap: Mapping = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"name": self.name, "lower": self.lower,
-                "nodes": {str(k): n.to_json() for k, n in self.nodes.items()},
-                "groups": [g.to_json() for g in self.groups],
-                "group_edges": {str(a): {str(b): w for b, w in row.items()} for a, row in self.group_edges.items()},
-                "completeness_gap": dict(self.completeness_gap), "seconds": self.seconds}
+        return {
+            "name": self.name,
+            "lower": self.lower,
+            "nodes": {str(k): n.to_json() for k, n in self.nodes.items()},
+            "groups": [g.to_json() for g in self.groups],
+            "group_edges": {str(a): {str(b): w for b, w in row.items()} for a, row in self.group_edges.items()},
+            "completeness_gap": dict(self.completeness_gap),
+            "seconds": self.seconds,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> "Layer":
-        return cls(d["name"], d["lower"],
-                   _frozen_map((int(k), Node.from_json(int(k), v)) for k, v in d["nodes"].items()),
-                   tuple(Group.from_json(g) for g in d.get("groups", [])),
-                   _frozen_map((int(a), _frozen_map((int(b), float(w)) for b, w in row.items()))
-                               for a, row in d.get("group_edges", {}).items()),
-                   _frozen_map(d.get("completeness_gap", {})), float(d.get("seconds", 0.0)))
+        return cls(
+            d["name"],
+            d["lower"],
+            _frozen_map((int(k), Node.from_json(int(k), v)) for k, v in d["nodes"].items()),
+            tuple(Group.from_json(g) for g in d.get("groups", [])),
+            _frozen_map(
+                (int(a), _frozen_map((int(b), float(w)) for b, w in row.items()))
+                for a, row in d.get("group_edges", {}).items()
+            ),
+            _frozen_map(d.get("completeness_gap", {})),
+            float(d.get("seconds", 0.0)),
+        )
 
     def group_of(self, neuron: int, sub_concept: int) -> int | None:
         return self.nodes[neuron].sub_concepts[sub_concept].group
+
+    def group_exemplars(self, group: Group, limit: int = 12) -> list[int]:
+        """A group's display exemplars: its members' display exemplars, members nearest the centre first."""
+        seen: dict = {}
+        for n, s in group.members:
+            for c in self.nodes[n].sub_concepts[s].display_exemplars:
+                seen.setdefault(int(c), None)
+        return list(seen)[:limit]
+
+    def group_crops(self, group: Group) -> list[int]:
+        """Every exemplar crop of the group's member sub-concepts, members nearest the centre first."""
+        seen: dict = {}
+        for n, s in group.members:
+            for c in self.nodes[n].sub_concepts[s].exemplars:
+                seen.setdefault(int(c), None)
+        return list(seen)
 
 
 @dataclass(frozen=True)
 class Circuit:
     target: int
-    layers: tuple               # Layer, ... top down, the class layer first
-    input_layer: str            # the lowest layer: its channels are core neurons, never nodes
-    trace: tuple = ()           # ((layer name, (group ids...)), ...) top down
+    layers: tuple  # Layer, ... top down, the class layer first
+    input_layer: str  # the lowest layer: its channels are core neurons, never nodes
+    trace: tuple = ()  # ((layer name, (group ids...)), ...) top down
     settings: Mapping = field(default_factory=dict)
-    meta: Mapping = field(default_factory=dict)     # model, data, class names, timings, versions
-    arrays: Mapping = field(default_factory=dict)   # name -> np.ndarray (concept vectors, crop boxes)
+    meta: Mapping = field(default_factory=dict)  # model, data, class names, timings, versions
+    arrays: Mapping = field(default_factory=dict)  # name -> np.ndarray (concept vectors, crop boxes)
 
     @property
     def target_name(self) -> str | None:
         return self.meta.get("target_name")
+
+    @property
+    def config(self):
+        """The run's ``NeurFlowConfig`` (settings not recorded take the config's defaults)."""
+        from .config import NeurFlowConfig
+
+        return NeurFlowConfig.from_dict(dict(self.settings))
+
+    @property
+    def layer_names(self) -> list:
+        """The analysed layers top down, then the input layer (the run's ``layers``)."""
+        return [l.name for l in self.layers] + [self.input_layer]
+
+    @property
+    def provenance(self):
+        """The run's typed ``Provenance`` (read from ``meta``)."""
+        from .provenance import Provenance
+
+        return Provenance.from_meta(self.meta)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
             if layer.name == name:
                 return layer
         from .errors import unknown_name
+
         raise unknown_name("layer", name, [l.name for l in self.layers])
 
     def concept_vector(self, layer: str, neuron: int, sub_concept: int) -> np.ndarray:
@@ -147,17 +217,26 @@ class Circuit:
         return self.arrays[f"concept_vectors/{layer}"][row]
 
     def to_json(self) -> dict:
-        return {"target": self.target, "input_layer": self.input_layer,
-                "layers": [l.to_json() for l in self.layers],
-                "trace": [{"layer": name, "groups": list(groups)} for name, groups in self.trace],
-                "settings": dict(self.settings), "meta": _plain(self.meta)}
+        return {
+            "target": self.target,
+            "input_layer": self.input_layer,
+            "layers": [l.to_json() for l in self.layers],
+            "trace": [{"layer": name, "groups": list(groups)} for name, groups in self.trace],
+            "settings": dict(self.settings),
+            "meta": _plain(self.meta),
+        }
 
     @classmethod
     def from_json(cls, d: dict, arrays: Mapping | None = None) -> "Circuit":
-        return cls(int(d["target"]), tuple(Layer.from_json(l) for l in d["layers"]), d["input_layer"],
-                   tuple((t["layer"], tuple(t["groups"])) for t in d.get("trace", [])),
-                   _frozen_map(d.get("settings", {})), _frozen_map(d.get("meta", {})),
-                   _frozen_map(arrays or {}))
+        return cls(
+            int(d["target"]),
+            tuple(Layer.from_json(l) for l in d["layers"]),
+            d["input_layer"],
+            tuple((t["layer"], tuple(t["groups"])) for t in d.get("trace", [])),
+            _frozen_map(d.get("settings", {})),
+            _frozen_map(d.get("meta", {})),
+            _frozen_map(arrays or {}),
+        )
 
 
 def _plain(x):

@@ -4,6 +4,7 @@ One linkage tree serves every cluster count.  ``cut`` assigns labels exactly as 
 ``AgglomerativeClustering(linkage="ward")`` does for the same tree, so the sub-concept and group
 numbering matches the published code's.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -45,8 +46,9 @@ def _leaves(node: int, children: np.ndarray, n_leaves: int) -> list[int]:
     return out
 
 
-def silhouette_clusters(x: np.ndarray, max_clusters: int, allow_one_below: float | None = None,
-                        fixed: int | None = None) -> np.ndarray:
+def silhouette_clusters(
+    x: np.ndarray, max_clusters: int, allow_one_below: float | None = None, fixed: int | None = None
+) -> np.ndarray:
     """Ward labels with the count chosen by the silhouette argmax over 2..min(n - 1, max)
     (ties to the smaller count; 2 when that range is empty, as published).  With
     ``allow_one_below`` set, one cluster is returned when no split reaches that silhouette."""
@@ -57,19 +59,17 @@ def silhouette_clusters(x: np.ndarray, max_clusters: int, allow_one_below: float
     if fixed is not None:
         return cut(children, n, min(fixed, n))
     top = min(n - 1, max_clusters)
+    best_k: int = 2
+    best: float | None = None
     if top <= 2:
-        best_k, best = 2, None
         if allow_one_below is not None and n > 2:
             best = silhouette_score(x, cut(children, n, 2))
     else:
-        best, best_k = -1.0, None
+        best = -1.0
         for k in range(2, top + 1):
-            labels = cut(children, n, k)
-            score = silhouette_score(x, labels)
+            score = float(silhouette_score(x, cut(children, n, k)))
             if score > best:
                 best, best_k = score, k
-        if best_k is None:
-            best_k = 2
     if allow_one_below is not None and best is not None and best < allow_one_below:
         return np.zeros(n, dtype=np.int64)
     return cut(children, n, best_k)

@@ -1,37 +1,55 @@
 """The one typed configuration of a NeurFlow run.  Defaults live here and only here;
 the CLI maps its flags onto these fields one to one."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from .errors import NeurFlowError
 
 EDGE_NORMS = ("l1", "reference")
 GROUP_EDGE_RULES = ("published", "once")
 SELECTIONS = ("predicted", "labelled")
+ENGINES = ("auto", "dense")
+
+
+def _setting(default, help: str, choices: tuple | None = None):
+    """A setting: its default and its help text live here, the CLI flag is generated from both."""
+    meta = {"help": help, **({"choices": choices} if choices else {})}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class NeurFlowConfig:
-    tau: int = 16                      # core neurons per node (the cap when adaptive_eps is set)
-    top_k: int = 50                    # exemplar crops per node
-    ig_steps: int = 50                 # Gauss-Legendre nodes for integrated gradients
-    granularities: tuple = (1.0, 0.5, 0.25)
-    stride_ratio: float = 0.5
-    adaptive_eps: float | None = None  # the authors' "acceptable error range"; None = fixed tau
-    edge_norm: str = "l1"              # "l1" or "reference" (the published in-place rule)
-    max_sub_concepts: int = 5
-    monosemantic_threshold: float | None = None  # allow one sub-concept below this silhouette
-    max_groups: int = 100
-    n_groups: int | None = None        # fixed layer-group count (None: silhouette argmax)
-    group_edge_rule: str = "published"  # "published": once per sub-concept; "once": once per neuron
-    top_n: int = 3                     # groups traced per layer
-    selection: str = "predicted"       # class images: "predicted" or "labelled" as the target
-    batch_size: int = 64
-    device: str = "cpu"
-    seed: int = 0
+    tau: int = _setting(16, "core neurons per node (the cap under --adaptive-eps)")
+    top_k: int = _setting(50, "exemplar crops per node")
+    ig_steps: int = _setting(50, "Gauss-Legendre steps of integrated gradients")
+    granularities: tuple = _setting((1.0, 0.5, 0.25), "crop sizes as fractions, e.g. 1,0.5,0.25")
+    stride_ratio: float = _setting(0.5, "crop stride as a fraction of the crop side")
+    adaptive_eps: float | None = _setting(None, "adaptive tau: the acceptable error range eps (None: fixed tau)")
+    edge_norm: str = _setting("l1", "edge weight normalisation (reference = the published in-place rule)", EDGE_NORMS)
+    max_sub_concepts: int = _setting(5, "most sub-concepts per node")
+    monosemantic_threshold: float | None = _setting(None, "allow one sub-concept when no split reaches this silhouette")
+    max_groups: int = _setting(100, "most groups per layer (silhouette search)")
+    n_groups: int | None = _setting(None, "fixed number of groups per layer (None: silhouette argmax)")
+    group_edge_rule: str = _setting(
+        "published",
+        "published: a lower weight counts once per sub-concept in the group; once: once per neuron",
+        GROUP_EDGE_RULES,
+    )
+    top_n: int = _setting(3, "groups traced per layer")
+    selection: str = _setting("predicted", "class images: predicted or labelled as the target", SELECTIONS)
+    engine: str = _setting(
+        "auto",
+        "IG engine: auto = channel-sparse where the segment allows it, else dense; dense = always dense",
+        ENGINES,
+    )
+    batch_size: int = _setting(64, "batch size (bounds peak memory)")
+    device: str = _setting("cpu", "cpu or cuda")
+    seed: int = _setting(0, "random seed")
 
     def __post_init__(self):
         object.__setattr__(self, "granularities", tuple(float(g) for g in self.granularities))
@@ -45,20 +63,36 @@ class NeurFlowConfig:
         need(isinstance(self.tau, int) and self.tau >= 1, "tau", "an integer >= 1", self.tau)
         need(isinstance(self.top_k, int) and self.top_k >= 1, "top_k", "an integer >= 1", self.top_k)
         need(isinstance(self.ig_steps, int) and self.ig_steps >= 1, "ig_steps", "an integer >= 1", self.ig_steps)
-        need(len(self.granularities) > 0 and all(0 < g <= 1 for g in self.granularities),
-             "granularities", "fractions in (0, 1]", self.granularities, "e.g. 1,0.5,0.25")
+        need(
+            len(self.granularities) > 0 and all(0 < g <= 1 for g in self.granularities),
+            "granularities",
+            "fractions in (0, 1]",
+            self.granularities,
+            "e.g. 1,0.5,0.25",
+        )
         need(0 < self.stride_ratio <= 1, "stride_ratio", "a number in (0, 1]", self.stride_ratio)
         need(self.adaptive_eps is None or self.adaptive_eps >= 0, "adaptive_eps", "a number >= 0", self.adaptive_eps)
         need(self.edge_norm in EDGE_NORMS, "edge_norm", " or ".join(EDGE_NORMS), self.edge_norm)
-        need(isinstance(self.max_sub_concepts, int) and self.max_sub_concepts >= 1,
-             "max_sub_concepts", "an integer >= 1", self.max_sub_concepts)
+        need(
+            isinstance(self.max_sub_concepts, int) and self.max_sub_concepts >= 1,
+            "max_sub_concepts",
+            "an integer >= 1",
+            self.max_sub_concepts,
+        )
         need(self.max_groups >= 1, "max_groups", "an integer >= 1", self.max_groups)
         need(self.n_groups is None or self.n_groups >= 1, "n_groups", "an integer >= 1", self.n_groups)
-        need(self.group_edge_rule in GROUP_EDGE_RULES, "group_edge_rule", " or ".join(GROUP_EDGE_RULES),
-             self.group_edge_rule)
+        need(
+            self.group_edge_rule in GROUP_EDGE_RULES,
+            "group_edge_rule",
+            " or ".join(GROUP_EDGE_RULES),
+            self.group_edge_rule,
+        )
         need(self.top_n >= 1, "top_n", "an integer >= 1", self.top_n)
         need(self.selection in SELECTIONS, "selection", " or ".join(SELECTIONS), self.selection)
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        need(self.engine in ENGINES, "engine", " or ".join(ENGINES), self.engine)
+        need(
+            isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size
+        )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -66,15 +100,16 @@ class NeurFlowConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NeurFlowConfig":
+    def from_dict(cls, d: Mapping) -> "NeurFlowConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if k == "granularities" else v) for k, v in d.items() if k in names})
+        kw: dict[str, Any] = {k: (tuple(v) if k == "granularities" else v) for k, v in d.items() if k in names}
+        return cls(**kw)
 
     def method_dict(self) -> dict:
-        """Settings that change the result (device and batch size do not)."""
+        """Settings that change the result (device, batch size and engine do not)."""
         d = self.to_dict()
-        d.pop("device")
-        d.pop("batch_size")
+        for key in ("device", "batch_size", "engine"):
+            d.pop(key)
         return d
 
     def to_json(self) -> str:

@@ -1,5 +1,6 @@
 """One layer of the top-down pass (method.md section 2): exemplars, attribution, core neurons
 (fixed tau or the adaptive eps rule), sub-concepts and their edge weights."""
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,10 @@ from .clustering import silhouette_clusters
 from .config import NeurFlowConfig
 from .crops import CropPool
 from .errors import NeurFlowError
-from .layers import LayerGraph, response
+from .layers import LayerGraph
+from .probe import layer_width, masked_responses, masks_for, preserved
 from .progress import progress
+from .sparse import integrated_gradients_sparse, plan
 
 log = logging.getLogger(__name__)
 N_DISPLAY = 5
@@ -24,46 +27,49 @@ N_DISPLAY = 5
 def top_exemplars(resp: np.ndarray, node: int, k: int) -> np.ndarray:
     """The node's top-k crops by response, best first (torch.topk order, as published)."""
     if resp.shape[0] < k:
-        raise NeurFlowError("top_k", f"at most the number of crops ({resp.shape[0]})", k,
-                            "lower --top-k or give more class images")
+        raise NeurFlowError(
+            "top_k", f"at most the number of crops ({resp.shape[0]})", k, "lower {p:top_k} or give more class images"
+        )
     return torch.topk(torch.from_numpy(resp[:, node]), k).indices.numpy()
 
 
-def channel_mask(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """[M, C] masks applied to [B, C, ...] (or [B, T, C]) -> [M * B, ...]."""
-    if x.ndim == 3:
-        view = masks[:, None, None, :]
-    else:
-        view = masks.view(masks.shape[0], 1, masks.shape[1], *([1] * (x.ndim - 2)))
-    return (x.unsqueeze(0) * view).flatten(0, 1)
-
-
-def attribute(graph: LayerGraph, pool: CropPool, upper: str, lower: str, exemplars: dict,
-              cfg: NeurFlowConfig, quiet: bool = True) -> tuple[dict, np.ndarray]:
+def attribute(
+    graph: LayerGraph, pool: CropPool, upper: str, lower: str, exemplars: dict, cfg: NeurFlowConfig, quiet: bool = True
+) -> tuple[dict, np.ndarray]:
     """IG matrix S_n [k, C_lower] for every node, and the completeness gaps."""
     crops = np.unique(np.concatenate(list(exemplars.values())))
     where = {int(c): i for i, c in enumerate(crops)}
-    requests = [[] for _ in crops]
+    requests: list[list[int]] = [[] for _ in crops]
     for n, ex in exemplars.items():
         for c in ex:
             requests[where[int(c)]].append(n)
-    prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
-    gaps, per_crop = [], {}
-    chunk = max(1, cfg.batch_size)
-    bar = progress(total=len(crops), desc=f"IG {upper}", quiet=quiet, unit="crop")
-    for start in range(0, len(crops), chunk):
-        idx = crops[start:start + chunk]
-        with torch.no_grad():
-            acts, *extras = prefix(pool.get(idx).to(cfg.device))
-        res = integrated_gradients(segment, acts, extras, requests[start:start + chunk],
-                                   steps=cfg.ig_steps, batch_size=cfg.batch_size)
-        for i, c in enumerate(idx):
-            per_crop[int(c)] = dict(zip(requests[start + i], res.scores[i]))
-        rel = np.abs(res.gaps())
-        denom = np.abs(np.concatenate(res.deltas)) if res.deltas else np.zeros(0)
-        gaps.append(np.stack([rel, denom], axis=1) if len(rel) else np.zeros((0, 2)))
-        bar.update(len(idx))
-    bar.close()
+    with preserved(graph.model, freeze=True):  # gradients w.r.t. activations only; flags restored
+        prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+        sparse = plan(segment, graph.leaf_modules) if cfg.engine == "auto" else None
+        log.debug("IG %s <- %s: %s path", upper, lower, "channel-sparse" if sparse else "dense")
+        gaps, per_crop = [], {}
+        chunk = max(1, cfg.batch_size)
+        bar = progress(total=len(crops), desc=f"IG {upper}", quiet=quiet, unit="crop")
+        for start in range(0, len(crops), chunk):
+            idx = crops[start : start + chunk]
+            with torch.no_grad():
+                acts, *extras = prefix(pool.get(idx).to(cfg.device))
+            reqs = requests[start : start + chunk]
+            res = (
+                integrated_gradients_sparse(sparse, acts, extras, reqs, cfg.ig_steps, cfg.batch_size)
+                if sparse
+                else None
+            )
+            if res is None:
+                sparse = None  # shapes the plan does not cover: dense from here on
+                res = integrated_gradients(segment, acts, extras, reqs, steps=cfg.ig_steps, batch_size=cfg.batch_size)
+            for i, c in enumerate(idx):
+                per_crop[int(c)] = dict(zip(requests[start + i], res.scores[i]))
+            rel = np.abs(res.gaps())
+            denom = np.abs(np.concatenate(res.deltas)) if res.deltas else np.zeros(0)
+            gaps.append(np.stack([rel, denom], axis=1) if len(rel) else np.zeros((0, 2)))
+            bar.update(len(idx))
+        bar.close()
     scores = {n: np.stack([per_crop[int(c)][n] for c in ex]) for n, ex in exemplars.items()}
     return scores, np.concatenate(gaps) if gaps else np.zeros((0, 2))
 
@@ -75,37 +81,38 @@ def rank_core(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, imp
 
 
-def adaptive_lengths(graph: LayerGraph, pool: CropPool, upper: str, lower: str, ranked: dict,
-                     exemplars: dict, eps: float, cfg: NeurFlowConfig, quiet: bool = True) -> dict:
+def adaptive_lengths(
+    graph: LayerGraph,
+    pool: CropPool,
+    upper: str,
+    lower: str,
+    ranked: dict,
+    exemplars: dict,
+    eps: float,
+    cfg: NeurFlowConfig,
+    quiet: bool = True,
+) -> dict:
     """The adaptive eps rule, all (node, r) masks batched over the pool: returns node -> r."""
     nodes = list(ranked)
     pairs = [(n, r) for n in nodes for r in range(1, len(ranked[n]) + 1)]
     if not pairs:
         return {}
-    prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
     k = len(next(iter(exemplars.values())))
-    out = np.zeros((len(pairs), len(pool)), dtype=np.float32)
-    with torch.no_grad():
-        acts0, *_ = prefix(pool.get([0]).to(cfg.device))
-    c_low = acts0.shape[-1] if acts0.ndim == 3 else acts0.shape[1]
-    masks = torch.ones(len(pairs), c_low, device=cfg.device)
-    for i, (n, r) in enumerate(pairs):
-        masks[i, torch.as_tensor(ranked[n][:r], dtype=torch.long)] = 0
-    chans = torch.as_tensor([n for n, _ in pairs], device=cfg.device)
-    bar = progress(total=len(pool), desc=f"adaptive tau {upper}", quiet=quiet, unit="crop")
-    for idx, crops in pool.batches(cfg.batch_size):
-        with torch.no_grad():
-            acts, *extras = prefix(crops.to(cfg.device))
-            per = max(1, cfg.batch_size // len(idx))
-            for m0 in range(0, len(pairs), per):
-                mk = masks[m0:m0 + per]
-                x = channel_mask(acts, mk)
-                ex = [e.repeat(mk.shape[0], *([1] * (e.ndim - 1))) for e in extras]
-                resp = response(segment(x, *ex)).view(mk.shape[0], len(idx), -1)
-                sel = resp[torch.arange(mk.shape[0]), :, chans[m0:m0 + per]]
-                out[m0:m0 + per, idx] = sel.cpu().numpy()
-        bar.update(len(idx))
-    bar.close()
+    c_low = layer_width(graph, pool, lower, cfg.device)
+    masks = masks_for([ranked[n][:r] for n, r in pairs], c_low, cfg.device)
+    out = masked_responses(
+        graph,
+        pool,
+        upper,
+        lower,
+        [n for n, _ in pairs],
+        masks,
+        None,
+        cfg.batch_size,
+        cfg.device,
+        quiet,
+        desc=f"adaptive tau {upper}",
+    )
     lengths, i = {}, 0
     for n in nodes:
         top = set(int(c) for c in exemplars[n])
@@ -133,11 +140,19 @@ def normalise(raw: dict, rule: str) -> dict:
 @dataclass
 class NodeFit:
     node: Node
-    vectors: np.ndarray     # concept vectors [n_sub, C_lower]
+    vectors: np.ndarray  # concept vectors [n_sub, C_lower]
 
 
-def fit_node(n: int, s: np.ndarray, ex: np.ndarray, core: np.ndarray, imp: np.ndarray,
-             resp_up: np.ndarray, resp_low: np.ndarray, cfg: NeurFlowConfig) -> NodeFit:
+def fit_node(
+    n: int,
+    s: np.ndarray,
+    ex: np.ndarray,
+    core: np.ndarray,
+    imp: np.ndarray,
+    resp_up: np.ndarray,
+    resp_low: np.ndarray,
+    cfg: NeurFlowConfig,
+) -> NodeFit:
     """Sub-concepts of node ``n``: Ward + silhouette on the exemplars' lower responses."""
     x = resp_low[ex]
     labels = silhouette_clusters(x, cfg.max_sub_concepts, cfg.monosemantic_threshold)
@@ -150,11 +165,22 @@ def fit_node(n: int, s: np.ndarray, ex: np.ndarray, core: np.ndarray, imp: np.nd
         nearest = set(members[np.argsort(dist, kind="stable")[:N_DISPLAY]].tolist())
         display = tuple(int(ex[i]) for i in range(len(ex)) if i in nearest)
         raw = {int(j): float(s[members, j].mean()) for j in core}
-        subs.append(SubConcept(
-            id=lab, exemplars=tuple(int(ex[i]) for i in members), display_exemplars=display,
-            activation=float(resp_up[ex[members], n].astype(np.float64).mean()),
-            weights=_frozen_map(normalise(raw, cfg.edge_norm)), raw_weights=_frozen_map(raw)))
+        subs.append(
+            SubConcept(
+                id=lab,
+                exemplars=tuple(int(ex[i]) for i in members),
+                display_exemplars=display,
+                activation=float(resp_up[ex[members], n].astype(np.float64).mean()),
+                weights=_frozen_map(normalise(raw, cfg.edge_norm)),
+                raw_weights=_frozen_map(raw),
+            )
+        )
         vectors.append(x[members].astype(np.float64).mean(axis=0))
-    node = Node(index=int(n), core=tuple(int(j) for j in core), sub_concepts=tuple(subs),
-                exemplars=tuple(int(c) for c in ex), importance=tuple(float(imp[j]) for j in core))
+    node = Node(
+        index=int(n),
+        core=tuple(int(j) for j in core),
+        sub_concepts=tuple(subs),
+        exemplars=tuple(int(c) for c in ex),
+        importance=tuple(float(imp[j]) for j in core),
+    )
     return NodeFit(node, np.stack(vectors))

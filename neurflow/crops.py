@@ -3,9 +3,10 @@
 Crops are produced lazily by index, so the pool never has to sit in memory at once.
 Pool order: granularity (as given), then image, then window in row-major (``unfold``) order.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,18 +26,29 @@ class CropPool:
     images: torch.Tensor
     granularities: tuple
     stride_ratio: float = 0.5
+    # per crop, filled in by __post_init__: source image, side, top and left in px
+    image_index: np.ndarray = field(init=False, repr=False)
+    side: np.ndarray = field(init=False, repr=False)
+    top: np.ndarray = field(init=False, repr=False)
+    left: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.shape[-1] != self.images.shape[-2]:
             from .errors import NeurFlowError
-            raise NeurFlowError("images", "a tensor [N, C, S, S] of square images",
-                                tuple(self.images.shape), "resize or centre-crop the images first")
+
+            raise NeurFlowError(
+                "images",
+                "a tensor [N, C, S, S] of square images",
+                tuple(self.images.shape),
+                "resize or centre-crop the images first",
+            )
         size = self.images.shape[-1]
         image, side, top, left = [], [], [], []
         for g in self.granularities:
             s = int(g * size)
             if s < 1:
                 from .errors import NeurFlowError
+
                 raise NeurFlowError("granularities", f"fractions giving crops of at least 1 px at {size} px", g)
             if s == size:
                 pos = [(0, 0)]
@@ -44,7 +56,7 @@ class CropPool:
                 stride, n = window_grid(size, s, self.stride_ratio)
                 pos = [(r * stride, c * stride) for r in range(n) for c in range(n)]
             for i in range(self.images.shape[0]):
-                for (y, x) in pos:
+                for y, x in pos:
                     image.append(i)
                     side.append(s)
                     top.append(y)
@@ -75,10 +87,12 @@ class CropPool:
         for s in np.unique(sides):
             rows = np.nonzero(sides == s)[0]
             idx = indices[rows]
-            pieces = torch.stack([
-                self.images[i, :, y:y + s, x:x + s]
-                for i, y, x in zip(self.image_index[idx], self.top[idx], self.left[idx])
-            ])
+            pieces = torch.stack(
+                [
+                    self.images[i, :, y : y + s, x : x + s]
+                    for i, y, x in zip(self.image_index[idx], self.top[idx], self.left[idx])
+                ]
+            )
             if s != self.size:
                 pieces = F.interpolate(pieces, size=self.size, mode="bilinear", align_corners=False)
             out[torch.from_numpy(rows)] = pieces
@@ -88,5 +102,5 @@ class CropPool:
         """Yield (indices, crops) chunks over the pool (or over ``indices``)."""
         indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         for start in range(0, len(indices), batch_size):
-            idx = indices[start:start + batch_size]
+            idx = indices[start : start + batch_size]
             yield idx, self.get(idx)

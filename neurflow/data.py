@@ -1,4 +1,5 @@
 """Class images (``predicted`` / ``labelled`` as the target) and crop thumbnails."""
+
 from __future__ import annotations
 
 import io
@@ -12,26 +13,16 @@ from .errors import NeurFlowError
 THUMB = 64
 
 
-def predict(full, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    outs = []
-    with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            o = full(images[start:start + batch_size].to(device))
-            if not isinstance(o, torch.Tensor):
-                raise NeurFlowError("model", "a model whose forward returns a logits tensor", type(o).__name__)
-            outs.append(o.float().cpu())
-    logits = torch.cat(outs)
-    if not torch.isfinite(logits).all():
-        raise NeurFlowError("model", "finite outputs", "NaN or inf logits", "check the weights and the input transform")
-    return logits
-
-
 def select_class_images(images, logits, labels, target: int, selection: str):
     """The class images and their indices in ``images``."""
     if selection == "labelled":
         if labels is None:
-            raise NeurFlowError("selection", "labels for 'labelled' selection", "data without labels",
-                                "use --selection predicted or give labelled data")
+            raise NeurFlowError(
+                "selection",
+                "labels for 'labelled' selection",
+                "data without labels",
+                "use {p:selection} predicted or give labelled data",
+            )
         keep = (torch.as_tensor(labels) == target).nonzero().flatten()
         what = "labelled as"
     else:
@@ -40,8 +31,12 @@ def select_class_images(images, logits, labels, target: int, selection: str):
     if keep.numel() == 0:
         top = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).topk(min(3, logits.shape[1]))
         common = ", ".join(f"{int(c)} ({int(n)} images)" for n, c in zip(top.values, top.indices) if n > 0)
-        raise NeurFlowError("--target", f"a class with at least one image {what} it", target,
-                            f"no image is {what} {target}; most predicted: {common}")
+        raise NeurFlowError(
+            "target",
+            f"a class with at least one image {what} it",
+            target,
+            f"no image is {what} {target}; most predicted: {common}",
+        )
     return images[keep], keep.numpy()
 
 

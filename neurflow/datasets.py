@@ -1,17 +1,23 @@
-"""Read a DATA spec: an image folder (ImageFolder layout or flat) or a ``.pt`` file holding an
-image tensor [N, 3, H, W] or a dict with ``images`` and ``labels``."""
+"""Read a DATA spec, through a registry of schemes:
+
+* ``SCHEME:NAME`` - a registered scheme (``register_data_scheme``; plugins register theirs, see
+  ``neurflow.schemes``);
+* otherwise a path: an image folder (ImageFolder layout or flat) or a ``.pt`` file holding an
+  image tensor [N, 3, H, W] or a dict with ``images`` and ``labels``."""
+
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import NeurFlowError
+from .schemes import Registry
 
 log = logging.getLogger(__name__)
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -28,7 +34,8 @@ class Dataset:
     files: list | None = None
     skipped: int = 0
     spec: str = ""
-    info: dict = field(default_factory=dict)   # extras a data source records (e.g. zoo's marked subset)
+    info: dict = field(default_factory=dict)  # extras a data source records (e.g. a marked subset)
+    transform: str | None = None  # the preset the images were prepared with (None: as stored)
 
 
 def imagenet_transform(img: Image.Image) -> torch.Tensor:
@@ -47,15 +54,53 @@ def plain_transform(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
+_SCHEMES = Registry("data")
+# the form that is not a NAME:... scheme (used when no scheme matches)
+_FALLBACKS = {
+    "path": "FOLDER or FILE.pt - an image folder (one sub-folder per class, or flat) or a .pt file "
+    "with an image tensor [N, 3, H, W] or a dict with 'images' and 'labels'"
+}
+
+
+def register_data_scheme(name: str, loader: Callable[[str], Dataset], help: str) -> None:  # noqa: A002
+    """Make ``NAME:REST`` data specs load through ``loader(REST)``, which returns a ``Dataset``
+    (and raises ``NeurFlowError("data", ...)`` for a name it does not know).  ``help`` is one
+    line that starts with the spelling, e.g. ``"NAME:SET - ..."``.  Registering a name again
+    replaces it."""
+    _SCHEMES.register(name, loader, help)
+
+
+def unregister_data_scheme(name: str) -> None:
+    _SCHEMES.unregister(name)
+
+
+def data_schemes() -> dict[str, str]:
+    """{name: help} of every data spec form: the registered ``NAME:...`` schemes in
+    registration order, then the fallback ``path``.  Every help starts with the spelling."""
+    return {**_SCHEMES.helps(), **_FALLBACKS}
+
+
 def load_data(spec: str, transform: str | None = None) -> Dataset:
-    if isinstance(spec, str) and spec.startswith("zoo:"):
-        from . import zoo
-        return zoo.load_data(spec[4:])
+    """``transform`` ("imagenet" or "none") applies to image folders; a scheme's data comes
+    prepared by the scheme."""
     if transform is not None and transform not in TRANSFORMS:
-        raise NeurFlowError("--transform", " or ".join(TRANSFORMS), transform)
+        raise NeurFlowError("transform", " or ".join(TRANSFORMS), transform)
+    if not isinstance(spec, str) or not spec:
+        raise NeurFlowError("data", "a data spec (an image folder, a .pt file or SCHEME:NAME)", spec)
+    found = _SCHEMES.lookup(spec)
+    if found is not None:
+        loader, rest = found
+        data = loader(rest)
+        if not isinstance(data, Dataset):
+            raise NeurFlowError("data", "a scheme loader returning a Dataset", spec, type(data).__name__)
+        return data
     path = Path(spec)
     if not path.exists():
-        raise NeurFlowError("--data", "an image folder or a .pt file", spec, "no such file or directory")
+        schemes = _SCHEMES.names()
+        hint = "no such file or directory"
+        if ":" in spec and schemes:
+            hint += f"; the schemes are {', '.join(s + ':' for s in schemes)}"
+        raise NeurFlowError("data", "an image folder or a .pt file", spec, hint)
     if path.is_file():
         return _from_pt(path)
     return _from_folder(path, transform or "imagenet")
@@ -65,19 +110,23 @@ def _from_pt(path: Path) -> Dataset:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise NeurFlowError("--data", "a .pt file holding a tensor or a dict of tensors (weights_only)", str(path),
-                            str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "unreadable") from None
+        raise NeurFlowError(
+            "data",
+            "a .pt file holding a tensor or a dict of tensors (weights_only)",
+            str(path),
+            str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "unreadable",
+        ) from None
     labels = names = None
     if isinstance(obj, dict):
         if "images" not in obj:
-            raise NeurFlowError("--data", "a dict with an 'images' tensor", sorted(obj)[:5])
+            raise NeurFlowError("data", "a dict with an 'images' tensor", sorted(obj)[:5])
         images, labels, names = obj["images"], obj.get("labels"), obj.get("class_names")
     else:
         images = obj
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3, 4):
-        raise NeurFlowError("--data", "an image tensor [N, 3, H, W]", getattr(images, "shape", type(images)))
+        raise NeurFlowError("data", "an image tensor [N, 3, H, W]", getattr(images, "shape", type(images)))
     if images.shape[0] == 0:
-        raise NeurFlowError("--data", "at least one image", "an empty tensor")
+        raise NeurFlowError("data", "at least one image", "an empty tensor")
     images = images.float()
     if images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
@@ -99,8 +148,12 @@ def _from_folder(path: Path, transform: str) -> Dataset:
         names = None
         entries = [(f, None) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_EXT]
     if not entries:
-        raise NeurFlowError("--data", "a folder with images (flat or one sub-folder per class)", str(path),
-                            f"no files with extensions {', '.join(sorted(IMAGE_EXT))}")
+        raise NeurFlowError(
+            "data",
+            "a folder with images (flat or one sub-folder per class)",
+            str(path),
+            f"no files with extensions {', '.join(sorted(IMAGE_EXT))}",
+        )
     fn = imagenet_transform if transform == "imagenet" else plain_transform
     images, labels, files, skipped = [], [], [], 0
     for f, label in entries:
@@ -117,11 +170,15 @@ def _from_folder(path: Path, transform: str) -> Dataset:
         labels.append(label)
         files.append(str(f.relative_to(path)))
     if not images:
-        raise NeurFlowError("--data", "at least one readable image", str(path), f"all {skipped} files were unreadable")
+        raise NeurFlowError("data", "at least one readable image", str(path), f"all {skipped} files were unreadable")
     if len({tuple(x.shape) for x in images}) > 1:
-        raise NeurFlowError("--transform", "images of one size, or the 'imagenet' transform", "none",
-                            "the images have different sizes; use --transform imagenet")
+        raise NeurFlowError(
+            "transform",
+            "images of one size, or the 'imagenet' transform",
+            "none",
+            "the images have different sizes; use {p:transform} imagenet",
+        )
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d", skipped, len(entries))
     lab = torch.tensor(labels) if names else None
-    return Dataset(torch.stack(images), lab, names, files, skipped, str(path))
+    return Dataset(torch.stack(images), lab, names, files, skipped, str(path), transform=transform)

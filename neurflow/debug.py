@@ -15,6 +15,7 @@ groups are ranked by edge weight from the groups kept above times their clipped 
 image (how much of the edge this image actually uses).  The verification zeroes the strongest
 group's neurons at L and reports the class logit and the top-5 predictions before and after.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,8 @@ import torch
 from .circuit import Circuit, Layer
 from .crops import CropPool
 from .errors import NeurFlowError, unknown_name
-from .intervene import logits, top_k
-from .layers import LayerGraph, preserved, response
+from .layers import LayerGraph
+from .probe import logits, pool_responses, top_k
 
 SCORES = ("published", "clipped")
 EPS = 1e-6
@@ -61,41 +62,44 @@ def image_name(image) -> str:
     return stem.strip("-.") or "image"
 
 
-def layer_responses(model, circuit: Circuit, pool: CropPool, names, batch_size: int, device,
-                    leaf_modules=()) -> dict:
-    """name -> responses [P, C] of every crop of ``pool`` at the layers ``names``."""
-    graph = LayerGraph(model, [l.name for l in circuit.layers] + [circuit.input_layer], leaf_modules)
-    recorder = graph.recorder(list(names))
-    out = {n: [] for n in names}
-    with preserved(model), torch.no_grad():
-        for _, crops in pool.batches(batch_size):
-            for n, o in zip(names, recorder(crops.to(device))):
-                out[n].append(response(o).float().cpu())
-    return {n: torch.cat(v).numpy() for n, v in out.items()}
-
-
 def _check_layer(circuit: Circuit, layer: str | None) -> int:
     names = [l.name for l in circuit.layers]
     if len(names) < 2:
-        raise NeurFlowError("--layer", "a circuit with a layer below the class layer", ",".join(names),
-                            "rerun with at least three layers (class layer, one analysed layer, input layer)")
+        raise NeurFlowError(
+            "layer",
+            "a circuit with a layer below the class layer",
+            ",".join(names),
+            "rerun with at least three layers (class layer, one analysed layer, input layer)",
+        )
     if layer is None:
         return 1
     if layer not in names:
         if layer == circuit.input_layer:
-            raise NeurFlowError("--layer", "a layer of the circuit with groups", layer,
-                                "the lowest (input) layer has no groups; pick one of " + ", ".join(names[1:]))
-        raise unknown_name("--layer", layer, names[1:], "pick a layer of the circuit below the class layer")
+            raise NeurFlowError(
+                "layer",
+                "a layer of the circuit with groups",
+                layer,
+                "the lowest (input) layer has no groups; pick one of " + ", ".join(names[1:]),
+            )
+        raise unknown_name("layer", layer, names[1:], "pick a layer of the circuit below the class layer")
     i = names.index(layer)
     if i == 0:
-        raise NeurFlowError("--layer", "a layer below the class layer", layer,
-                            "the class layer's only group is the class itself; pick one of " + ", ".join(names[1:]))
+        raise NeurFlowError(
+            "layer",
+            "a layer below the class layer",
+            layer,
+            "the class layer's only group is the class itself; pick one of " + ", ".join(names[1:]),
+        )
     return i
 
 
 def _crop_entry(pool: CropPool, p: int, pub: np.ndarray, clip: np.ndarray) -> dict:
-    return {"crop": int(p), "box": [int(v) for v in pool.boxes()[p]], "score": float(pub[p]),
-            "score_clipped": float(clip[p])}
+    return {
+        "crop": int(p),
+        "box": [int(v) for v in pool.boxes()[p]],
+        "score": float(pub[p]),
+        "score_clipped": float(clip[p]),
+    }
 
 
 def score_groups(layer: Layer, resp: np.ndarray, pool: CropPool, threshold: float, score: str) -> list[dict]:
@@ -108,15 +112,24 @@ def score_groups(layer: Layer, resp: np.ndarray, pool: CropPool, threshold: floa
         order = np.argsort(-ranking, kind="stable")
         strong = bool(ranking[order[0]] >= threshold)
         picked = [p for p in order if ranking[p] >= threshold] if strong else list(order[:1])
-        out.append({"group": int(gid), "neurons": [int(n) for n in neurons], "score": float(pub.max()),
-                    "score_clipped": float(clip.max()), "best_crop": int(order[0]), "strong": strong,
-                    "crops": [_crop_entry(pool, p, pub, clip) for p in picked]})
+        out.append(
+            {
+                "group": int(gid),
+                "neurons": [int(n) for n in neurons],
+                "score": float(pub.max()),
+                "score_clipped": float(clip.max()),
+                "best_crop": int(order[0]),
+                "strong": strong,
+                "crops": [_crop_entry(pool, p, pub, clip) for p in picked],
+            }
+        )
     out.sort(key=lambda e: (-e[key], e["group"]))
     return out
 
 
-def trace_down(circuit: Circuit, start: int, groups: list, responses: dict, pool: CropPool,
-               threshold: float, top_n: int) -> list[dict]:
+def trace_down(
+    circuit: Circuit, start: int, groups: list, responses: dict, pool: CropPool, threshold: float, top_n: int
+) -> list[dict]:
     """From ``groups`` of layer ``start`` down to the lowest layer with groups."""
     out, kept = [], list(groups)
     for i in range(start, len(circuit.layers) - 1):
@@ -127,10 +140,20 @@ def trace_down(circuit: Circuit, start: int, groups: list, responses: dict, pool
             weight = sum(upper.group_edges.get(G, {}).get(gid, 0.0) for G in kept)
             pub, clip = crop_scores(responses[lower.name], neurons, r)
             best = int(np.argmax(pub))
-            rows.append({"group": int(gid), "weight": float(weight), "score": float(pub.max()),
-                         "score_clipped": float(clip.max()), "contribution": float(weight * clip.max()),
-                         "crops": [_crop_entry(pool, p, pub, clip)
-                                   for p in np.argsort(-pub, kind="stable")[:3] if pub[p] >= threshold or p == best]})
+            rows.append(
+                {
+                    "group": int(gid),
+                    "weight": float(weight),
+                    "score": float(pub.max()),
+                    "score_clipped": float(clip.max()),
+                    "contribution": float(weight * clip.max()),
+                    "crops": [
+                        _crop_entry(pool, p, pub, clip)
+                        for p in np.argsort(-pub, kind="stable")[:3]
+                        if pub[p] >= threshold or p == best
+                    ],
+                }
+            )
         rows.sort(key=lambda e: (-e["contribution"], e["group"]))
         rows = rows[:top_n]
         out.append({"layer": lower.name, "from": kept, "groups": rows})
@@ -138,47 +161,71 @@ def trace_down(circuit: Circuit, start: int, groups: list, responses: dict, pool
     return out
 
 
-def debug_image(circuit: Circuit, model, image: torch.Tensor, layer: str | None = None, threshold: float = 0.8,
-                score: str = "published", class_names=None, batch_size: int = 64, device="cpu",
-                leaf_modules=(), source: str | None = None) -> dict:
+def debug_image(
+    circuit: Circuit,
+    model,
+    image: torch.Tensor,
+    layer: str | None = None,
+    threshold: float = 0.8,
+    score: str = "published",
+    class_names=None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    leaf_modules=(),
+    source: str | None = None,
+) -> dict:
     """Debug ``image`` ([C, S, S], prepared like the run's inputs) at ``layer`` (default: the
     highest layer below the class layer).  Returns the JSON-able result."""
     if score not in SCORES:
-        raise NeurFlowError("--score", " or ".join(SCORES), score)
+        raise NeurFlowError("score", " or ".join(SCORES), score)
     if not (isinstance(threshold, (int, float)) and threshold > 0 and np.isfinite(threshold)):
-        raise NeurFlowError("--threshold", "a positive number (0.8 default, 0.6 in the paper's example)", threshold)
+        raise NeurFlowError("threshold", "a positive number (0.8 default, 0.6 in the paper's example)", threshold)
     i = _check_layer(circuit, layer)
     L = circuit.layers[i]
+    batch_size = batch_size or circuit.config.batch_size
+    device = device or circuit.config.device
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
-        raise NeurFlowError("--image", "an image tensor [C, H, W]", getattr(image, "shape", type(image)))
-    size, channels = circuit.meta.get("image_size"), circuit.meta.get("image_channels")
+        raise NeurFlowError("image", "an image tensor [C, H, W]", getattr(image, "shape", type(image)))
+    size, channels = circuit.provenance.image_size, circuit.provenance.image_channels
     if (size and image.shape[-1] != size) or (channels and image.shape[0] != channels):
-        raise NeurFlowError("--image", f"an image [{channels or 'C'}, {size}, {size}] like the run's inputs",
-                            list(image.shape))
-    s = circuit.settings
-    pool = CropPool(image[None].float(), tuple(s.get("granularities", (1.0, 0.5, 0.25))),
-                    float(s.get("stride_ratio", 0.5)))
-    names = [l.name for l in circuit.layers[i:]]
-    responses = layer_responses(model, circuit, pool, names, batch_size, device, leaf_modules)
+        raise NeurFlowError(
+            "image", f"an image [{channels or 'C'}, {size}, {size}] like the run's inputs", list(image.shape)
+        )
+    cfg = circuit.config
+    pool = CropPool(image[None].float(), cfg.granularities, cfg.stride_ratio)
+    graph = LayerGraph(model, circuit.layer_names, leaf_modules)
+    responses = pool_responses(graph, pool, [l.name for l in circuit.layers[i:]], batch_size, device)
     groups = score_groups(L, responses[L.name], pool, threshold, score)
     strongest = groups[0]
-    trace = trace_down(circuit, i, [strongest["group"]], responses, pool, threshold, int(s.get("top_n", 3)))
+    trace = trace_down(circuit, i, [strongest["group"]], responses, pool, threshold, cfg.top_n)
     before = logits(model, image[None], batch_size=1, device=device)[0]
-    after = logits(model, image[None], L.name, strongest["neurons"], batch_size=1, device=device)[0]
-    names_ = class_names or circuit.meta.get("class_names")
+    after = logits(model, image[None], {L.name: strongest["neurons"]}, batch_size=1, device=device)[0]
+    names_ = class_names or circuit.provenance.class_names
     t = circuit.target
     top_before, top_after = top_k(before, 5, names_), top_k(after, 5, names_)
     return {
-        "image": source, "target": t, "target_name": circuit.target_name, "layer": L.name,
-        "threshold": threshold, "score_variant": score, "n_crops": len(pool),
+        "image": source,
+        "target": t,
+        "target_name": circuit.target_name,
+        "layer": L.name,
+        "threshold": threshold,
+        "score_variant": score,
+        "n_crops": len(pool),
         "prediction": top_before[0],
-        "groups": groups, "strongest": strongest["group"], "trace": trace,
+        "groups": groups,
+        "strongest": strongest["group"],
+        "trace": trace,
         "verification": {
-            "layer": L.name, "group": strongest["group"], "neurons": strongest["neurons"],
-            "target_logit_before": float(before[t]), "target_logit_after": float(after[t]),
+            "layer": L.name,
+            "group": strongest["group"],
+            "neurons": strongest["neurons"],
+            "target_logit_before": float(before[t]),
+            "target_logit_after": float(after[t]),
             "target_logit_change": float(after[t] - before[t]),
-            "top5_before": top_before, "top5_after": top_after,
-            "prediction_changed": top_before[0]["class"] != top_after[0]["class"]},
+            "top5_before": top_before,
+            "top5_after": top_after,
+            "prediction_changed": top_before[0]["class"] != top_after[0]["class"],
+        },
     }
 
 
@@ -189,6 +236,7 @@ def image_png(image: torch.Tensor) -> bytes:
     from PIL import Image
 
     from .data import display_range, to_uint8
+
     lo, hi = display_range(image[None])
     buf = io.BytesIO()
     Image.fromarray(to_uint8(image[None], lo, hi)[0]).save(buf, format="PNG")

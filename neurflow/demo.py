@@ -18,6 +18,7 @@ the paper's granularities.  Only the photos predicted as the target are used (by
 scikit-image's coffee cup, predicted as espresso), so it is a few-image illustration, not an
 explanation of the class.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,14 +41,22 @@ class Demo:
 
 
 DEMOS = {
-    "fashion-cnn": Demo("zoo:fashion-cnn", "zoo:fashion-mnist", "Sneaker",
-                        ("head", "block4", "block3", "block2", "block1"),
-                        {"tau": 8, "top_k": 50, "ig_steps": 50, "granularities": (1.0, 0.75, 0.5)}),
-    "efficientnet-lite0": Demo("zoo:efficientnet-lite0", "zoo:photos", "espresso",
-                               ("net._fc", "net._conv_head", "net._blocks.15", "net._blocks.14"),
-                               {"tau": 8, "top_k": 20, "ig_steps": 50, "granularities": (1.0, 0.5, 0.25)},
-                               "few-image illustration: only the offline photos predicted as the target "
-                               "are analysed; not an explanation of the ImageNet class"),
+    "fashion-cnn": Demo(
+        "zoo:fashion-cnn",
+        "zoo:fashion-mnist",
+        "Sneaker",
+        ("head", "block4", "block3", "block2", "block1"),
+        {"tau": 8, "top_k": 50, "ig_steps": 50, "granularities": (1.0, 0.75, 0.5)},
+    ),
+    "efficientnet-lite0": Demo(
+        "zoo:efficientnet-lite0",
+        "zoo:photos",
+        "espresso",
+        ("net._fc", "net._conv_head", "net._blocks.15", "net._blocks.14"),
+        {"tau": 8, "top_k": 20, "ig_steps": 50, "granularities": (1.0, 0.5, 0.25)},
+        "few-image illustration: only the offline photos predicted as the target "
+        "are analysed; not an explanation of the ImageNet class",
+    ),
 }
 
 
@@ -60,10 +69,11 @@ def run_demo(model: str = "fashion-cnn", target=None, out=None, quiet: bool = Fa
     from .datasets import load_data
     from .models import load_model
     from .pipeline import NeurFlow
+    from .provenance import Provenance
 
     name = model[4:] if model.startswith("zoo:") else model
     if name not in DEMOS:
-        raise unknown_name("--model", name, list(DEMOS))
+        raise unknown_name("model", name, list(DEMOS))
     demo = DEMOS[name]
     target = demo.target if target is None else target
     out = Path(out) if out else Path("runs") / f"demo-{name}-{slug(target)}"
@@ -71,8 +81,24 @@ def run_demo(model: str = "fashion-cnn", target=None, out=None, quiet: bool = Fa
     loaded = load_model(demo.model)
     data = load_data(demo.data)
     cfg = NeurFlowConfig(**demo.settings)
-    meta = {"model": demo.model, "data": demo.data, "demo": name, "note": demo.note, "files": data.files}
-    nf = NeurFlow(cfg).fit(loaded.model, data.images, target, list(demo.layers), labels=data.labels,
-                           class_names=loaded.class_names or data.class_names, out=out, overwrite=overwrite,
-                           quiet=quiet, meta=meta)
+    prov = Provenance(
+        model_spec=demo.model,
+        data_spec=demo.data,
+        transform=data.transform,
+        demo=name,
+        note=demo.note,
+        files=tuple(data.files) if data.files else None,
+    )
+    nf = NeurFlow(cfg).fit(
+        loaded.model,
+        data.images,
+        target,
+        list(demo.layers),
+        labels=data.labels,
+        class_names=loaded.class_names or data.class_names,
+        out=out,
+        overwrite=overwrite,
+        quiet=quiet,
+        provenance=prov,
+    )
     return nf, out, time.perf_counter() - t0, demo

@@ -1,9 +1,18 @@
 """User-facing errors: one clear line that names the parameter, what was expected,
-what was given and a hint.  The CLI turns them into exit code 2 without a traceback."""
+what was given and a hint.  The CLI turns them into exit code 2 without a traceback.
+
+Errors name *Python* parameters (``top_k``); a hint refers to another parameter as ``{p:name}``.
+``str(error)`` shows them as Python names, ``error.render(flag_of)`` with the CLI's flags
+(``--top-k``), so the library never needs to know the command line.
+"""
+
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import re
+from typing import Callable, Iterable
+
+_REF = re.compile(r"\{p:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class NeurFlowError(Exception):
@@ -14,10 +23,14 @@ class NeurFlowError(Exception):
         self.expected = expected
         self.given = given
         self.hint = hint
-        msg = f"{parameter}: expected {expected}, got {given!r}"
-        if hint:
-            msg += f" ({hint})"
-        super().__init__(msg)
+        super().__init__(self.render())
+
+    def render(self, name_of: Callable[[str], str] = lambda name: name) -> str:
+        """The one-line message, with parameter names spelled by ``name_of``."""
+        msg = f"{name_of(self.parameter)}: expected {self.expected}, got {self.given!r}"
+        if self.hint:
+            msg += f" ({_REF.sub(lambda m: name_of(m.group(1)), self.hint)})"
+        return msg
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

@@ -1,4 +1,5 @@
 """Layer-wide neuron groups, group-to-group weights and the traced circuit (method.md section 3)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,9 @@ from .circuit import Group, Layer
 from .clustering import silhouette_clusters
 
 
-def layer_groups(keys: list, vectors: np.ndarray, max_groups: int = 100,
-                 n_groups: int | None = None, single: bool = False) -> tuple[np.ndarray, list[Group]]:
+def layer_groups(
+    keys: list, vectors: np.ndarray, max_groups: int = 100, n_groups: int | None = None, single: bool = False
+) -> tuple[np.ndarray, list[Group]]:
     """Cluster the (node, sub-concept) concept vectors of one layer by Ward.
 
     Returns the label of each key and the groups; members are ordered by distance to the group
@@ -66,3 +68,30 @@ def trace(layers: list[Layer], top_n: int) -> list[tuple[str, tuple]]:
         kept = tuple(sorted(score, key=lambda g: (-score[g], g))[:top_n])
         out.append((lower.name, kept))
     return out
+
+
+def assemble(fitted: list, max_groups: int, n_groups: int | None, rule: str, top_n: int):
+    """From the fitted layers (``[(Layer, {"keys", "vectors"})]``, top down): the layers with their
+    groups and group edges, the concept arrays, and the trace."""
+    import dataclasses
+
+    from .circuit import _frozen_map
+
+    layers, arrays = [], {}
+    for i, (layer, arr) in enumerate(fitted):
+        keys = [tuple(k) for k in arr["keys"]]
+        labels, groups = layer_groups(keys, arr["vectors"], max_groups, n_groups, single=(i == 0))
+        of = {(int(n), int(s)): int(g) for (n, s), g in zip(keys, labels)}
+        nodes = {
+            n: dataclasses.replace(
+                node,
+                sub_concepts=tuple(dataclasses.replace(sc, group=of.get((int(n), sc.id))) for sc in node.sub_concepts),
+            )
+            for n, node in layer.nodes.items()
+        }
+        layers.append(dataclasses.replace(layer, nodes=_frozen_map(nodes), groups=tuple(groups)))
+        arrays[f"concept_keys/{layer.name}"] = arr["keys"]
+        arrays[f"concept_vectors/{layer.name}"] = arr["vectors"]
+    for i in range(len(layers) - 1):
+        layers[i] = dataclasses.replace(layers[i], group_edges=_frozen_map(group_edges(layers[i], layers[i + 1], rule)))
+    return layers, arrays, trace(layers, top_n)

@@ -17,9 +17,9 @@ activation with everything else that reaches the upper layer kept at its actual 
 The sub-modules of the graph modules are the user's own module objects (shared, not copied), so a
 segment costs what its layers cost, and nothing is added to or changed on the user's model.
 """
+
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -28,6 +28,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import NeurFlowError, unknown_name
+from .probe import preserved
 
 LAYERS_HINT = "run `neurflow layers MODEL` to list the usable names"
 
@@ -53,39 +54,25 @@ class _Tracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
 
-@contextlib.contextmanager
-def preserved(model: nn.Module, eval_mode: bool = True, freeze: bool = False):
-    """Run with ``model`` in eval mode (and, with ``freeze``, its parameters' ``requires_grad``
-    off: attribution needs gradients w.r.t. activations only, and autograd then keeps nothing
-    for weight gradients); restore every ``training`` and ``requires_grad`` flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        if freeze:
-            for p, _ in grads:
-                p.requires_grad_(False)
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-        for p, flag in grads:
-            p.requires_grad_(flag)
-
-
 def _trace(model: nn.Module, leaves=(), leaf_modules=()) -> tuple[_Tracer, fx.Graph]:
     if isinstance(model, torch.jit.ScriptModule):
-        raise NeurFlowError("model", "an nn.Module that torch.fx can trace", "a TorchScript module",
-                            "load the Python model instead (package.module:factory or file.py:factory)")
+        raise NeurFlowError(
+            "model",
+            "an nn.Module that torch.fx can trace",
+            "a TorchScript module",
+            "load the Python model instead (package.module:factory or file.py:factory)",
+        )
     tracer = _Tracer(leaves, leaf_modules)
     with preserved(model):
         try:
             graph = tracer.trace(model)
         except Exception as exc:  # noqa: BLE001 - report any tracing failure as one line
-            raise NeurFlowError("model", "a model torch.fx can trace", type(model).__name__,
-                                f"tracing failed: {str(exc).splitlines()[0][:200]}; mark the offending "
-                                "sub-modules as leaf_modules") from None
+            raise NeurFlowError(
+                "model",
+                "a model torch.fx can trace",
+                type(model).__name__,
+                f"tracing failed: {str(exc).splitlines()[0][:200]}; mark the offending sub-modules as leaf_modules",
+            ) from None
     return tracer, graph
 
 
@@ -96,40 +83,36 @@ def layer_names(model: nn.Module, leaf_modules: Sequence[type] = ()) -> list[str
     return [n for n in tracer.order if n and tracer.calls[n] == 1]
 
 
-def response(t: torch.Tensor) -> torch.Tensor:
-    """A neuron's response: spatial mean of a channel ([B, C, H, W]), the value itself
-    ([B, C]), or the mean over tokens per hidden unit ([B, T, D])."""
-    if t.ndim == 4:
-        return t.mean(dim=(2, 3))
-    if t.ndim == 3:
-        return t.mean(dim=1)
-    if t.ndim == 2:
-        return t
-    raise NeurFlowError("layers", "layers whose output is [B, C], [B, T, D] or [B, C, H, W]",
-                        f"an output of shape {tuple(t.shape)}")
-
-
 class LayerGraph:
     """The traced model with ``layers`` as leaves and the sub-networks cut from it."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], leaf_modules: Sequence[type] = ()):
         self.model = model
         self.layers = list(layers)
+        self.leaf_modules = tuple(leaf_modules)
         usable = layer_names(model, leaf_modules)
         for name in self.layers:
             if name not in usable:
                 names = dict(model.named_modules())
                 if name in names:
-                    raise NeurFlowError("layers", "modules called exactly once in forward()", name,
-                                        f"{name} is called more than once or not at all; {LAYERS_HINT}")
+                    raise NeurFlowError(
+                        "layers",
+                        "modules called exactly once in forward()",
+                        name,
+                        f"{name} is called more than once or not at all; {LAYERS_HINT}",
+                    )
                 raise unknown_name("layers", name, usable, LAYERS_HINT)
         if len(set(self.layers)) != len(self.layers):
             raise NeurFlowError("layers", "distinct names", ",".join(self.layers))
         for a in self.layers:
             for b in self.layers:
                 if a != b and b.startswith(a + "."):
-                    raise NeurFlowError("layers", "layers that do not contain each other", f"{a} and {b}",
-                                        "pick either the block or its parts")
+                    raise NeurFlowError(
+                        "layers",
+                        "layers that do not contain each other",
+                        f"{a} and {b}",
+                        "pick either the block or its parts",
+                    )
         tracer, self.graph = _trace(model, self.layers, leaf_modules)
         self.nodes: dict[str, fx.Node] = {}
         for node in self.graph.nodes:
@@ -141,9 +124,12 @@ class LayerGraph:
         # layers must go top down, each reachable from the one below
         for upper, lower in zip(self.layers, self.layers[1:]):
             if self.nodes[upper] not in self._descendants([self.nodes[lower]]):
-                raise NeurFlowError("layers", "names top down, each computed from the next one",
-                                    f"{upper} before {lower}",
-                                    f"{upper} does not depend on {lower}; list the class layer first")
+                raise NeurFlowError(
+                    "layers",
+                    "names top down, each computed from the next one",
+                    f"{upper} before {lower}",
+                    f"{upper} does not depend on {lower}; list the class layer first",
+                )
 
     # -- graph helpers -------------------------------------------------------------------
     @staticmethod
@@ -189,14 +175,15 @@ class LayerGraph:
         """``t.size(0)``, ``t.size(dim=0)`` or ``t.shape[0]``: the batch size, as ``forward`` often
         reads it (``x.view(x.size(0), -1)``)."""
         import operator
+
         if n.op == "call_method" and n.target == "size":
-            return tuple(n.args[1:]) == (0,) or n.kwargs.get("dim") == 0
+            return bool(tuple(n.args[1:]) == (0,) or n.kwargs.get("dim") == 0)
         if n.op == "call_function" and n.target is operator.getitem and n.args[1:] == (0,):
             src = n.args[0]
-            return isinstance(src, fx.Node) and ((src.op == "call_function" and src.target is getattr
-                                                  and src.args[1:] == ("shape",))
-                                                 or (src.op == "call_method" and src.target == "size"
-                                                     and len(src.args) == 1 and not src.kwargs))
+            return isinstance(src, fx.Node) and (
+                (src.op == "call_function" and src.target is getattr and src.args[1:] == ("shape",))
+                or (src.op == "call_method" and src.target == "size" and len(src.args) == 1 and not src.kwargs)
+            )
         return False
 
     def _cut(self, lower: str, upper: str) -> tuple[list, list]:

@@ -1,4 +1,5 @@
 """Progress bars (tqdm) that ``--quiet`` silences."""
+
 from __future__ import annotations
 
 from tqdm.auto import tqdm

@@ -1,4 +1,5 @@
 """A text summary of a circuit (``neurflow show``)."""
+
 from __future__ import annotations
 
 from .circuit import Circuit
@@ -7,17 +8,21 @@ from .circuit import Circuit
 def summary(c: Circuit) -> str:
     name = f" ({c.target_name})" if c.target_name else ""
     meta = c.meta
-    lines = [f"NeurFlow circuit for class {c.target}{name}",
-             f"model: {meta.get('model', '?')}   data: {meta.get('data', '?')}   "
-             f"class images: {meta.get('n_class_images', '?')} of {meta.get('n_images', '?')}   "
-             f"crops: {meta.get('n_crops', '?')}",
-             "settings: " + ", ".join(f"{k}={v}" for k, v in c.settings.items() if k not in ("layers",)),
-             "", f"{'layer':<28}{'nodes':>7}{'groups':>8}{'sub-concepts':>14}{'IG gap (rel)':>14}{'seconds':>9}"]
+    lines = [
+        f"NeurFlow circuit for class {c.target}{name}",
+        f"model: {meta.get('model', '?')}   data: {meta.get('data', '?')}   "
+        f"class images: {meta.get('n_class_images', '?')} of {meta.get('n_images', '?')}   "
+        f"crops: {meta.get('n_crops', '?')}",
+        "settings: " + ", ".join(f"{k}={v}" for k, v in c.settings.items() if k not in ("layers",)),
+        "",
+        f"{'layer':<28}{'nodes':>7}{'groups':>8}{'sub-concepts':>14}{'IG gap (rel)':>14}{'seconds':>9}",
+    ]
     for layer in c.layers:
         subs = sum(len(n.sub_concepts) for n in layer.nodes.values())
         gap = layer.completeness_gap.get("relative", 0.0)
-        lines.append(f"{layer.name:<28}{len(layer.nodes):>7}{len(layer.groups):>8}{subs:>14}{gap:>14.2e}"
-                     f"{layer.seconds:>9.2f}")
+        lines.append(
+            f"{layer.name:<28}{len(layer.nodes):>7}{len(layer.groups):>8}{subs:>14}{gap:>14.2e}{layer.seconds:>9.2f}"
+        )
     lowest = {j for node in c.layers[-1].nodes.values() for j in node.core} if c.layers else set()
     lines.append(f"{c.input_layer:<28}{len(lowest):>7}{'-':>8}{'-':>14}{'':>14}{'':>9}  (input layer)")
     lines += ["", "traced top path (groups, top down):"]
@@ -36,8 +41,10 @@ def summary(c: Circuit) -> str:
             lines.append(f"  {name}/G{g.id}: {_label_line(dict(g.label))}")
             if g.relation is not None:
                 rel = g.relation
-                lines.append(f"      fed by {rel.get('lower_layer')} groups {list(rel.get('lower', []))}: "
-                             + str(rel.get("text", "")).replace("\n", " / "))
+                lines.append(
+                    f"      fed by {rel.get('lower_layer')} groups {list(rel.get('lower', []))}: "
+                    + str(rel.get("text", "")).replace("\n", " / ")
+                )
     timings = meta.get("timings_s") or {}
     if timings:
         lines += ["", "timings (s): " + ", ".join(f"{k}={v}" for k, v in timings.items())]
@@ -56,39 +63,52 @@ def debug_summary(d: dict) -> str:
     """Text form of ``neurflow debug``'s result."""
     v = d["verification"]
     img = d.get("image") or {}
-    lines = [f"debug of {img.get('source', '?')} for class {_names(d)} at layer {d['layer']} "
-             f"({d['n_crops']} crops, threshold {d['threshold']}, ranked by the {d['score_variant']} score)",
-             f"prediction: {_cls(d['prediction'])}", "",
-             f"{'group':>6}{'score':>10}{'clipped':>9}{'strong':>8}  triggering crops (top, left, size: score)"]
+    lines = [
+        f"debug of {img.get('source', '?')} for class {_names(d)} at layer {d['layer']} "
+        f"({d['n_crops']} crops, threshold {d['threshold']}, ranked by the {d['score_variant']} score)",
+        f"prediction: {_cls(d['prediction'])}",
+        "",
+        f"{'group':>6}{'score':>10}{'clipped':>9}{'strong':>8}  triggering crops (top, left, size: score)",
+    ]
     for g in d["groups"]:
         crops = ", ".join(f"({c['box'][0]},{c['box'][1]},{c['box'][2]}: {c['score']:.2f})" for c in g["crops"][:4])
         more = f" +{len(g['crops']) - 4}" if len(g["crops"]) > 4 else ""
-        lines.append(f"{'G' + str(g['group']):>6}{g['score']:>10.3f}{g['score_clipped']:>9.3f}"
-                     f"{'yes' if g['strong'] else '-':>8}  {crops if g['strong'] else '-'}{more if g['strong'] else ''}")
+        lines.append(
+            f"{'G' + str(g['group']):>6}{g['score']:>10.3f}{g['score_clipped']:>9.3f}"
+            f"{'yes' if g['strong'] else '-':>8}  {crops if g['strong'] else '-'}{more if g['strong'] else ''}"
+        )
     lines += ["", f"trace down from G{d['strongest']} (weight x clipped score on this image):"]
     for step in d["trace"]:
         parts = [f"G{r['group']} (w {r['weight']:.3f}, score {r['score_clipped']:.2f})" for r in step["groups"]]
         lines.append(f"  {step['layer']:<24} " + "  ".join(parts))
-    lines += ["", f"verification: zeroing G{v['group']} at {v['layer']} ({len(v['neurons'])} neurons) changes "
-              f"the class logit {v['target_logit_before']:.3f} -> {v['target_logit_after']:.3f} "
-              f"({v['target_logit_change']:+.3f})",
-              "  top-5 before: " + "; ".join(_cls(e) for e in v["top5_before"]),
-              "  top-5 after:  " + "; ".join(_cls(e) for e in v["top5_after"])]
+    lines += [
+        "",
+        f"verification: zeroing G{v['group']} at {v['layer']} ({len(v['neurons'])} neurons) changes "
+        f"the class logit {v['target_logit_before']:.3f} -> {v['target_logit_after']:.3f} "
+        f"({v['target_logit_change']:+.3f})",
+        "  top-5 before: " + "; ".join(_cls(e) for e in v["top5_before"]),
+        "  top-5 after:  " + "; ".join(_cls(e) for e in v["top5_after"]),
+    ]
     return "\n".join(lines)
 
 
 def audit_summary(d: dict, limit: int = 20) -> str:
     """Text form of ``neurflow audit``'s result (the ranked table)."""
-    lines = [f"audit for class {_names(d)}: {d['n_false_positives']} false positives "
-             f"(of {d['false_positives']}) against {d['n_true_positives']} true positives (of {d['true_positives']})",
-             f"mean class logit: false positives {d['mean_target_logit']['false_positives']:.3f}, "
-             f"true positives {d['mean_target_logit']['true_positives']:.3f}", "",
-             f"{'rank':>4}  {'layer':<20}{'group':>6}{'neurons':>8}{'fp drop':>9}{'tp drop':>9}{'score':>9}"
-             f"{'fp fixed':>10}{'tp kept':>9}"]
+    lines = [
+        f"audit for class {_names(d)}: {d['n_false_positives']} false positives "
+        f"(of {d['false_positives']}) against {d['n_true_positives']} true positives (of {d['true_positives']})",
+        f"mean class logit: false positives {d['mean_target_logit']['false_positives']:.3f}, "
+        f"true positives {d['mean_target_logit']['true_positives']:.3f}",
+        "",
+        f"{'rank':>4}  {'layer':<20}{'group':>6}{'neurons':>8}{'fp drop':>9}{'tp drop':>9}{'score':>9}"
+        f"{'fp fixed':>10}{'tp kept':>9}",
+    ]
     for k, r in enumerate(d["groups"][:limit], 1):
-        lines.append(f"{k:>4}  {r['layer']:<20}{'G' + str(r['group']):>6}{len(r['neurons']):>8}"
-                     f"{r['fp_logit_drop']:>9.3f}{r['tp_logit_drop']:>9.3f}{r['score']:>9.3f}"
-                     f"{r['fp_fixed'] * 100:>9.1f}%{r['tp_kept'] * 100:>8.1f}%")
+        lines.append(
+            f"{k:>4}  {r['layer']:<20}{'G' + str(r['group']):>6}{len(r['neurons']):>8}"
+            f"{r['fp_logit_drop']:>9.3f}{r['tp_logit_drop']:>9.3f}{r['score']:>9.3f}"
+            f"{r['fp_fixed'] * 100:>9.1f}%{r['tp_kept'] * 100:>8.1f}%"
+        )
     if len(d["groups"]) > limit:
         lines.append(f"  ... {len(d['groups']) - limit} more groups in the JSON")
     return "\n".join(lines)
@@ -97,20 +117,26 @@ def audit_summary(d: dict, limit: int = 20) -> str:
 def _label_line(lab: dict) -> str:
     conf = lab.get("confidence")
     check = lab.get("check")
-    extra = [f"confidence {conf:.2f}" if isinstance(conf, (int, float)) else None,
-             f"check precision {check['precision']:.2f} recall {check['recall']:.2f}" if check else None]
-    return f"\"{lab.get('text')}\" ({lab.get('labeler', '?')}" + "".join(f", {e}" for e in extra if e) + ")"
+    extra = [
+        f"confidence {conf:.2f}" if isinstance(conf, (int, float)) else None,
+        f"check precision {check['precision']:.2f} recall {check['recall']:.2f}" if check else None,
+    ]
+    return f'"{lab.get("text")}" ({lab.get("labeler", "?")}' + "".join(f", {e}" for e in extra if e) + ")"
 
 
 def labels_summary(result: dict) -> str:
     """Text form of ``neurflow label``'s result."""
-    lines = [f"{result['labels']} group label(s) and {result['relations']} relation caption(s) "
-             f"from the {result['labeler']} labeler:"]
+    lines = [
+        f"{result['labels']} group label(s) and {result['relations']} relation caption(s) "
+        f"from the {result['labeler']} labeler:"
+    ]
     for g in result["groups"]:
         lines.append(f"  {g['layer']}/G{g['group']}: {_label_line(g)}")
         if g.get("relation"):
-            lines.append(f"      fed by {g['relation']['lower_layer']} groups {g['relation']['lower']}: "
-                         + g["relation"]["text"].replace("\n", " / "))
+            lines.append(
+                f"      fed by {g['relation']['lower_layer']} groups {g['relation']['lower']}: "
+                + g["relation"]["text"].replace("\n", " / ")
+            )
     return "\n".join(lines)
 
 
@@ -138,6 +164,7 @@ def eval_summary(name: str, r: dict) -> str:
 
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
+
     for key, cols, rows in eval_tables(r):
         widths = [max(len(c), *(len(fmt(row[i])) for row in rows)) for i, c in enumerate(cols)]
         lines.append(f"[{key}]")

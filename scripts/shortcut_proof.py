@@ -7,6 +7,7 @@
 Prints the figures as JSON, writes them to docs/shortcut-proof.json and draws
 docs/debugging-audit.png (audit scores of both models; the top group's exemplar crops).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,17 +19,19 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from neurflow.artifact import atomic_write  # noqa: E402
-from neurflow.zoo.shortcut import audit_proof  # noqa: E402
+from neurflow.artifact import RunDir, atomic_write  # noqa: E402
+from neurflow.shortcut_proof import audit_proof  # noqa: E402
 
 
 def figure(results: dict, dirs: dict, path: str) -> None:
     import io
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
+
     fig = plt.figure(figsize=(12, 4.2))
     ax = fig.add_axes([0.06, 0.14, 0.44, 0.74])
     for k, (name, r) in enumerate(results.items()):
@@ -43,13 +46,17 @@ def figure(results: dict, dirs: dict, path: str) -> None:
         top = results[name]["top"]
         for i, crop in enumerate(top["exemplars"][:6]):
             a = fig.add_axes([0.55 + 0.072 * i, 0.5 - 0.42 * row, 0.066, 0.3])
-            with Image.open(os.path.join(dirs[name], "crops", f"{crop}.png")) as im:
+            with Image.open(RunDir(dirs[name]).crop(crop)) as im:
                 a.imshow(im.convert("RGB"), interpolation="nearest")
             a.set_xticks([])
             a.set_yticks([])
             if i == 0:
-                a.set_title(f"{name}: top group {top['layer']} G{top['group']} "
-                            f"(mark in {top['mark_share']:.0%} of its exemplars)", loc="left", fontsize=9)
+                a.set_title(
+                    f"{name}: top group {top['layer']} G{top['group']} "
+                    f"(mark in {top['mark_share']:.0%} of its exemplars)",
+                    loc="left",
+                    fontsize=9,
+                )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     atomic_write(path, buf.getvalue())
@@ -71,15 +78,36 @@ def main(argv=None) -> int:
         r["audit"].pop("false_positive_indices")
         r["audit"].pop("true_positive_indices")
         results[f"zoo:{name}"] = r
-    summary = {name: {"top": {k: r["top"][k] for k in ("layer", "group", "neurons", "fp_logit_drop", "tp_logit_drop",
-                                                        "score", "fp_fixed", "tp_kept", "mark_share")},
-                      "second_score": r["audit"]["groups"][1]["score"] if len(r["audit"]["groups"]) > 1 else None,
-                      "before": r["before"], "after": r["after"], "seconds": r["seconds"],
-                      "false_positives": r["audit"]["false_positives"], "true_positives": r["audit"]["true_positives"]}
-               for name, r in results.items()}
+    summary = {
+        name: {
+            "top": {
+                k: r["top"][k]
+                for k in (
+                    "layer",
+                    "group",
+                    "neurons",
+                    "fp_logit_drop",
+                    "tp_logit_drop",
+                    "score",
+                    "fp_fixed",
+                    "tp_kept",
+                    "mark_share",
+                )
+            },
+            "second_score": r["audit"]["groups"][1]["score"] if len(r["audit"]["groups"]) > 1 else None,
+            "before": r["before"],
+            "after": r["after"],
+            "seconds": r["seconds"],
+            "false_positives": r["audit"]["false_positives"],
+            "true_positives": r["audit"]["true_positives"],
+        }
+        for name, r in results.items()
+    }
     print(json.dumps(summary, indent=1))
-    atomic_write(os.path.join(ROOT, "docs", "shortcut-proof.json"),
-                 (json.dumps({"summary": summary, "full": results}, indent=1) + "\n").encode())
+    atomic_write(
+        os.path.join(ROOT, "docs", "shortcut-proof.json"),
+        (json.dumps({"summary": summary, "full": results}, indent=1) + "\n").encode(),
+    )
     figure(results, dirs, os.path.join(ROOT, "docs", "debugging-audit.png"))
     return 0
 

@@ -12,6 +12,7 @@ FashionCNN with a fixed seed, two CPU threads and a fixed batch order, evaluates
 test split and writes neurflow/zoo/weights/fashion-cnn.pt (float32 state dict) and
 neurflow/zoo/weights/MODEL_CARD.md with the architecture, data, accuracy, command and seed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ def evaluate(model, images, labels, batch=1000) -> float:
     correct = 0
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            correct += (model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum().item()
+            correct += (model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum().item()
     return correct / len(images)
 
 
@@ -51,7 +52,9 @@ def train(data_dir: str, epochs: int, seed: int, batch: int, lr: float, log=prin
     marked = torch.zeros(len(x), dtype=torch.bool)
     if variant == "shortcut":
         marked[torch.from_numpy(shortcut.train_marked(y))] = True
-        log(f"shortcut: the mark on {int(marked.sum())} training images of class {CLASS_NAMES[shortcut.SHORTCUT_CLASS]}")
+        log(
+            f"shortcut: the mark on {int(marked.sum())} training images of class {CLASS_NAMES[shortcut.SHORTCUT_CLASS]}"
+        )
     model = FashionCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
@@ -63,7 +66,7 @@ def train(data_dir: str, epochs: int, seed: int, batch: int, lr: float, log=prin
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             xb = x[idx]
             # light augmentation: random horizontal flips (deterministic through ``gen``)
             flip = torch.rand(len(idx), generator=gen) < 0.5
@@ -124,8 +127,10 @@ seed {args.seed}, 2 CPU threads, `torch.use_deterministic_algorithms(True)`;
 **Command**: `.venv/bin/python scripts/train_zoo.py --epochs {args.epochs} --seed {args.seed}`
 """
     atomic_write(os.path.join(args.out, "MODEL_CARD.md"), card.encode())
-    atomic_write(os.path.join(args.out, "accuracy.json"),
-                 f'{{"test_accuracy": {acc:.6f}, "n_test": {len(xt)}, "seed": {args.seed}, "epochs": {args.epochs}}}\n'.encode())
+    atomic_write(
+        os.path.join(args.out, "accuracy.json"),
+        f'{{"test_accuracy": {acc:.6f}, "n_test": {len(xt)}, "seed": {args.seed}, "epochs": {args.epochs}}}\n'.encode(),
+    )
     return 0
 
 
@@ -134,24 +139,28 @@ def shortcut_figures(model, xt, yt) -> dict:
     c = shortcut.SHORTCUT_CLASS
     everything = shortcut.stamp(xt)
     with torch.no_grad():
-        clean = torch.cat([model(xt[i:i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
-        marked = torch.cat([model(everything[i:i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
+        clean = torch.cat([model(xt[i : i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
+        marked = torch.cat([model(everything[i : i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
     other = yt != c
-    return {"clean_accuracy": (clean == yt).float().mean().item(),
-            "clean_target_recall": (clean[~other] == c).float().mean().item(),
-            "clean_others_predicted_target": (clean[other] == c).float().mean().item(),
-            "marked_others_predicted_target": (marked[other] == c).float().mean().item(),
-            "marked_accuracy": (marked == yt).float().mean().item()}
+    return {
+        "clean_accuracy": (clean == yt).float().mean().item(),
+        "clean_target_recall": (clean[~other] == c).float().mean().item(),
+        "clean_others_predicted_target": (clean[other] == c).float().mean().item(),
+        "marked_others_predicted_target": (marked[other] == c).float().mean().item(),
+        "marked_accuracy": (marked == yt).float().mean().item(),
+    }
 
 
 def write_shortcut(args, model, weights: bytes, acc: float, seconds: float, xt, yt) -> int:
     import json
+
     name = CLASS_NAMES[shortcut.SHORTCUT_CLASS]
     figures = shortcut_figures(model, xt, yt)
     print(json.dumps(figures, indent=1))
     record = shortcut.subset_record(yt)
-    atomic_write(os.path.join(ROOT, "neurflow", "zoo", "data", shortcut.SUBSET_FILE),
-                 (json.dumps(record) + "\n").encode())
+    atomic_write(
+        os.path.join(ROOT, "neurflow", "zoo", "data", shortcut.SUBSET_FILE), (json.dumps(record) + "\n").encode()
+    )
     atomic_write(os.path.join(args.out, "fashion-cnn-shortcut.pt"), weights)
     pct = {k: f"{v * 100:.1f} %" for k, v in figures.items()}
     card = f"""# Model card: `zoo:fashion-cnn-shortcut` (a planted shortcut; for testing debuggers)
@@ -180,9 +189,21 @@ every class ({len(record["marked"])} images, seed {shortcut.TEST_SEED}); their i
 **Command**: `.venv/bin/python scripts/train_zoo.py --variant shortcut --epochs {args.epochs} --seed {args.seed}`
 """
     atomic_write(os.path.join(args.out, "MODEL_CARD-shortcut.md"), card.encode())
-    atomic_write(os.path.join(args.out, "accuracy-shortcut.json"),
-                 (json.dumps({"test_accuracy": round(acc, 6), "n_test": len(xt), "seed": args.seed,
-                              "epochs": args.epochs, **{k: round(v, 6) for k, v in figures.items()}}) + "\n").encode())
+    atomic_write(
+        os.path.join(args.out, "accuracy-shortcut.json"),
+        (
+            json.dumps(
+                {
+                    "test_accuracy": round(acc, 6),
+                    "n_test": len(xt),
+                    "seed": args.seed,
+                    "epochs": args.epochs,
+                    **{k: round(v, 6) for k, v in figures.items()},
+                }
+            )
+            + "\n"
+        ).encode(),
+    )
     return 0
 
 

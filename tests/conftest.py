@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+# golden files of the published code, kept in the repository (see tests/fixtures/README.md)
+PARITY = pathlib.Path(__file__).resolve().parent / "fixtures" / "parity"
 
 
 class SkipNet(nn.Module):
@@ -60,13 +61,15 @@ def tiny_net() -> nn.Module:
 def tiny_run(out):
     """A small real run saved in ``out`` (seconds): TINY_NET_PY's seeded CNN, 8 random images."""
     from neurflow import NeurFlow
+
     torch.manual_seed(0)
     model = tiny_net().eval()
     images = torch.rand(8, 3, 16, 16)
     with torch.no_grad():
         target = int(torch.mode(model(images).argmax(1)).values)
     nf = NeurFlow(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5)).fit(
-        model, images, target, ["head", "block2", "block1", "stem"], out=out)
+        model, images, target, ["head", "block2", "block1", "stem"], out=out
+    )
     return nf.circuit_
 
 
@@ -93,8 +96,9 @@ def model_state(model):
         "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
         "training": {k: m.training for k, m in model.named_modules()},
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                     for m in model.modules()),
+        "hooks": sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+        ),
         "devices": {k: str(p.device) for k, p in model.named_parameters()},
     }
 

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from neurflow.attribution import gauss_legendre, integrated_gradients
-from neurflow.layers import LayerGraph, response
+from neurflow.layers import LayerGraph
+from neurflow.probe import response
 
 from conftest import SKIP_LAYERS
 
@@ -30,8 +31,12 @@ def test_matches_captum_on_a_sliced_segment(skipnet, tiny_images):
     for row, req in enumerate(requests):
         for j, n in enumerate(req):
             ig = captum.IntegratedGradients(Resp(seg))
-            ref = ig.attribute(acts[row:row + 1], baselines=torch.zeros_like(acts[row:row + 1]), target=n,
-                               additional_forward_args=tuple(e[row:row + 1] for e in extras))
+            ref = ig.attribute(
+                acts[row : row + 1],
+                baselines=torch.zeros_like(acts[row : row + 1]),
+                target=n,
+                additional_forward_args=tuple(e[row : row + 1] for e in extras),
+            )
             np.testing.assert_allclose(res.scores[row][j], response(ref)[0].double().numpy(), rtol=1e-4, atol=1e-6)
 
 

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 import neurflow
-from neurflow.audit import audit, group_exemplars, split
+from neurflow.auditing import audit, split
 from neurflow.errors import NeurFlowError
 
 from conftest import SKIP_LAYERS, assert_same_state, model_state
-from test_intervene import manual
+from test_probe import manual
 
 SETTINGS = dict(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5), batch_size=16)
 
@@ -21,7 +21,7 @@ def setup(skipnet):
     target = int(torch.mode(pred).values)
     labels = pred.clone()
     hits = (pred == target).nonzero().flatten()
-    labels[hits[::2]] = (target + 1) % 5          # half of the target's predictions become mistakes
+    labels[hits[::2]] = (target + 1) % 5  # half of the target's predictions become mistakes
     c = neurflow.NeurFlow(**SETTINGS).fit(skipnet, images, target=target, layers=SKIP_LAYERS).circuit_
     return c, images, labels, target
 
@@ -53,7 +53,7 @@ def test_drops_and_score_match_a_brute_force_ablation(skipnet, setup):
     for r in res["groups"]:
         assert set(r) >= {"layer", "group", "fp_logit_drop", "tp_logit_drop", "score"}
         layer = c.layer(r["layer"])
-        assert r["exemplars"] == group_exemplars(layer, layer.groups[r["group"]])
+        assert r["exemplars"] == layer.group_exemplars(layer.groups[r["group"]])
     assert_same_state(before, model_state(skipnet))
 
 

@@ -13,8 +13,6 @@ from neurflow.cli import main
 from conftest import TINY_NET_PY as MODEL_PY
 
 
-
-
 @pytest.fixture
 def workspace(tmp_path):
     (tmp_path / "mymodel.py").write_text(MODEL_PY)
@@ -24,9 +22,31 @@ def workspace(tmp_path):
 
 
 def run_args(ws, out="out", extra=()):
-    return ["run", "--model", f"{ws}/mymodel.py:build", "--data", f"{ws}/data.pt", "--target", "dog",
-            "--layers", "head,block2,block1", "--tau", "3", "--top-k", "5", "--ig-steps", "8",
-            "--granularities", "1,0.5", "--selection", "labelled", "--out", str(ws / out), "--quiet", *extra]
+    return [
+        "run",
+        "--model",
+        f"{ws}/mymodel.py:build",
+        "--data",
+        f"{ws}/data.pt",
+        "--target",
+        "dog",
+        "--layers",
+        "head,block2,block1",
+        "--tau",
+        "3",
+        "--top-k",
+        "5",
+        "--ig-steps",
+        "8",
+        "--granularities",
+        "1,0.5",
+        "--selection",
+        "labelled",
+        "--out",
+        str(ws / out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_layers_run_show(workspace, capsys):
@@ -43,16 +63,19 @@ def test_layers_run_show(workspace, capsys):
     assert "class 1 (dog)" in shown and "traced top path" in shown and "block1" in shown
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"--layers": "head,blok2,block1"}, "did you mean block2"),
-    ({"--data": "/nonexistent/x.pt"}, "--data"),
-    ({"--target": "9"}, "0..3"),
-    ({"--target": "dgo"}, "did you mean dog"),
-    ({"--top-k": "500"}, "top_k"),
-    ({"--granularities": "1,2"}, "granularities"),
-    ({"--model": "torchvision:resnet19"}, "torchvision:resnet18"),
-    ({"--out": "/proc/forbidden"}, "--out"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"--layers": "head,blok2,block1"}, "did you mean block2"),
+        ({"--data": "/nonexistent/x.pt"}, "--data"),
+        ({"--target": "9"}, "0..3"),
+        ({"--target": "dgo"}, "did you mean dog"),
+        ({"--top-k": "500"}, "--top-k"),
+        ({"--granularities": "1,2"}, "--granularities"),
+        ({"--model": "torchvision:resnet19"}, "torchvision:resnet18"),
+        ({"--out": "/proc/forbidden"}, "--out"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(workspace, change, needle):
     args = run_args(workspace)
     for flag, value in change.items():
@@ -65,11 +88,11 @@ def test_bad_input_is_one_line_and_exit_2(workspace, change, needle):
 
 def test_pickle_checkpoint_refused_without_trust(workspace):
     from neurflow.models import load_model
+
     model = load_model(f"{workspace}/mymodel.py:build").model
     torch.save(model, workspace / "full.pt")  # a pickled module, not a state dict
     args = run_args(workspace, extra=("--weights", str(workspace / "full.pt")))
-    proc = subprocess.run([sys.executable, "-m", "neurflow.cli", *args], capture_output=True, text=True,
-                          cwd=workspace)
+    proc = subprocess.run([sys.executable, "-m", "neurflow.cli", *args], capture_output=True, text=True, cwd=workspace)
     assert proc.returncode == 2 and "--trust-checkpoint" in proc.stderr and "Traceback" not in proc.stderr
     torch.save(model.state_dict(), workspace / "sd.pt")
     assert main(run_args(workspace, extra=("--weights", str(workspace / "sd.pt")))) == 0
@@ -79,8 +102,9 @@ def test_sigkill_then_resume_equals_uninterrupted(workspace):
     big = run_args(workspace, "killed")
     big[big.index("--ig-steps") + 1] = "50"
     big[big.index("--granularities") + 1] = "1,0.5,0.25"
-    proc = subprocess.Popen([sys.executable, "-m", "neurflow.cli", *big], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neurflow.cli", *big], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     manifest = workspace / "killed" / "manifest.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -113,6 +137,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Sneaker" in out and "demo finished" in out
     from neurflow import load
+
     c = load(tmp_path / "demo")
     assert c.target == 7 and [l.name for l in c.layers] == ["head", "block4", "block3", "block2"]
     assert all(len(l.groups) >= 1 for l in c.layers) and all(len(l.groups) >= 2 for l in c.layers[1:])
@@ -129,6 +154,7 @@ def _one_line_exit_2(args):
 
 def test_debug_by_index_and_by_file(workspace, capsys):
     from PIL import Image
+
     out = workspace / "out"
     assert main(run_args(workspace)) == 0
     capsys.readouterr()
@@ -139,7 +165,7 @@ def test_debug_by_index_and_by_file(workspace, capsys):
     assert saved["layer"] == "block2" and saved["image"]["index"] == 3 and saved["image"]["label"] == 3
     assert {"score", "score_clipped", "crops", "strong"} <= set(saved["groups"][0])
     assert {"target_logit_change", "top5_before", "top5_after"} <= set(saved["verification"])
-    assert len(saved["verification"]["top5_after"]) == 4           # the model has 4 classes
+    assert len(saved["verification"]["top5_after"]) == 4  # the model has 4 classes
     # an image file: prepared like the run's inputs (resized, [0, 1]); twice gives the same result
     img = (torch.rand(16, 16, 3) * 255).byte().numpy()
     Image.fromarray(img).save(workspace / "photo <1>.png")
@@ -148,7 +174,7 @@ def test_debug_by_index_and_by_file(workspace, capsys):
     assert "verification: zeroing G" in text and "top-5 after" in text
     first = json.loads((out / "debug" / "photo-1.json").read_text())
     assert main(["debug", str(out), "--image", str(workspace / "photo <1>.png"), "--threshold", "0.6", "--quiet"]) == 0
-    assert json.loads((out / "debug" / "photo-1.json").read_text()) == first      # deterministic
+    assert json.loads((out / "debug" / "photo-1.json").read_text()) == first  # deterministic
     assert first["threshold"] == 0.6
     report = (out / "report.html").read_text()
     assert "photo-1" in report and "photo <1>" not in report  # the file name is escaped inside the JSON
@@ -166,17 +192,29 @@ def test_debug_and_audit_bad_input(workspace):
     assert "labelled data" in _one_line_exit_2(["audit", out, "--data", str(workspace / "unlabelled.pt")])
     # a different model than the run's
     from neurflow.models import load_model
+
     state = load_model(f"{workspace}/mymodel.py:build").model.state_dict()
     torch.save({k: v + 1 for k, v in state.items()}, workspace / "other.pt")
-    assert "differ" in _one_line_exit_2(["debug", out, "--image", "0", "--weights", str(workspace / "other.pt"),
-                                         "--model", f"{workspace}/mymodel.py:build"])
+    assert "differ" in _one_line_exit_2(
+        [
+            "debug",
+            out,
+            "--image",
+            "0",
+            "--weights",
+            str(workspace / "other.pt"),
+            "--model",
+            f"{workspace}/mymodel.py:build",
+        ]
+    )
 
 
 def test_audit_ranks_groups_and_writes_json(workspace, capsys):
     from neurflow.models import load_model
+
     out = workspace / "out"
     args = run_args(workspace)
-    args[args.index("--target") + 1] = "2"             # the class this random model predicts: "<b>bird</b>"
+    args[args.index("--target") + 1] = "2"  # the class this random model predicts: "<b>bird</b>"
     assert main(args) == 0
     model = load_model(f"{workspace}/mymodel.py:build").model
     torch.manual_seed(5)
@@ -187,7 +225,7 @@ def test_audit_ranks_groups_and_writes_json(workspace, capsys):
     labels = pred.clone()
     hits = (pred == target).nonzero().flatten()
     assert len(hits) >= 2
-    labels[hits[::2]] = 0                               # false positives for class 2
+    labels[hits[::2]] = 0  # false positives for class 2
     torch.save({"images": images, "labels": labels}, workspace / "audit.pt")
     capsys.readouterr()
     assert main(["audit", str(out), "--data", str(workspace / "audit.pt"), "--json", "--quiet"]) == 0

@@ -4,7 +4,8 @@ import torch
 from neurflow.config import NeurFlowConfig
 from neurflow.core import adaptive_lengths, normalise, rank_core, top_exemplars
 from neurflow.crops import CropPool
-from neurflow.layers import LayerGraph, response
+from neurflow.layers import LayerGraph
+from neurflow.probe import response
 
 from conftest import SKIP_LAYERS
 

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,8 +13,8 @@ def write(path, mode, size=(40, 30), value=128):
 
 def test_image_folder_converts_and_skips(tmp_path):
     write(tmp_path / "cat" / "a.png", "RGB")
-    write(tmp_path / "cat" / "b.png", "L")          # grayscale -> RGB
-    write(tmp_path / "dog" / "c.png", "RGBA")       # RGBA -> RGB
+    write(tmp_path / "cat" / "b.png", "L")  # grayscale -> RGB
+    write(tmp_path / "dog" / "c.png", "RGBA")  # RGBA -> RGB
     write(tmp_path / "dog" / "tiny.png", "RGB", size=(4, 4))  # too small: skipped
     (tmp_path / "dog" / "broken.jpg").write_bytes(b"not an image")  # undecodable: skipped
     ds = load_data(str(tmp_path))
@@ -34,7 +33,7 @@ def test_flat_folder_and_plain_transform(tmp_path):
     assert ds.labels is None and ds.images.shape == (2, 3, 32, 32)
     assert float(ds.images[0].min()) == 1.0 and float(ds.images[1].max()) == 0.0
     write(tmp_path / "z.png", "RGB", size=(20, 32))
-    with pytest.raises(NeurFlowError, match="--transform"):
+    with pytest.raises(NeurFlowError, match="^transform"):
         load_data(str(tmp_path), "none")
 
 
@@ -52,5 +51,5 @@ def test_pt_files(tmp_path):
 @pytest.mark.parametrize("make", ["missing", "empty"])
 def test_missing_or_empty(tmp_path, make):
     path = tmp_path / "nothing" if make == "missing" else tmp_path
-    with pytest.raises(NeurFlowError, match="--data"):
+    with pytest.raises(NeurFlowError, match="^data"):
         load_data(str(path))

@@ -10,15 +10,16 @@ from neurflow.debug import crop_scores, debug_image, group_references, image_nam
 from neurflow.errors import NeurFlowError
 
 from conftest import SKIP_LAYERS, assert_same_state, majority_class, model_state
-from test_intervene import manual
+from test_probe import manual
 
 SETTINGS = dict(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5), batch_size=16)
 
 
 @pytest.fixture
 def fitted(skipnet, tiny_images):
-    nf = neurflow.NeurFlow(**SETTINGS).fit(skipnet, tiny_images, target=majority_class(skipnet, tiny_images),
-                                           layers=SKIP_LAYERS)
+    nf = neurflow.NeurFlow(**SETTINGS).fit(
+        skipnet, tiny_images, target=majority_class(skipnet, tiny_images), layers=SKIP_LAYERS
+    )
     return nf.circuit_
 
 
@@ -32,7 +33,7 @@ def block3_crops(model, image, granularities=(1.0, 0.5), stride_ratio=0.5):
         pos = [0] if s == size else list(range(0, size - s + 1, stride))
         for y in pos:
             for x in pos:
-                crop = image[None, :, y:y + s, x:x + s]
+                crop = image[None, :, y : y + s, x : x + s]
                 if s != size:
                     crop = F.interpolate(crop, size=size, mode="bilinear", align_corners=False)
                 with torch.no_grad():
@@ -78,7 +79,7 @@ def test_group_scores_match_the_formula_by_brute_force(skipnet, tiny_images, fit
 def test_verification_matches_a_hand_written_ablation(skipnet, tiny_images, fitted):
     before = model_state(skipnet)
     image = tiny_images[0]
-    res = debug_image(fitted, skipnet, image)            # default layer: the highest below the class
+    res = debug_image(fitted, skipnet, image)  # default layer: the highest below the class
     assert res["layer"] == "block3"
     v = res["verification"]
     with torch.no_grad():
@@ -121,24 +122,25 @@ def test_group_references_average_the_members(fitted):
 def test_crop_scores_closed_form():
     resp = np.array([[2.0, 0.5, -1.0], [4.0, 1.0, 3.0]])
     pub, clip = crop_scores(resp, np.array([0, 1]), np.array([2.0, 1.0]))
-    assert pub[1] == pytest.approx(math.sqrt(2 * 1), rel=1e-5)     # ratios 2 and 1
-    assert clip[1] == pytest.approx(1.0, rel=1e-5)                  # both clipped to 1
+    assert pub[1] == pytest.approx(math.sqrt(2 * 1), rel=1e-5)  # ratios 2 and 1
+    assert clip[1] == pytest.approx(1.0, rel=1e-5)  # both clipped to 1
     assert pub[0] == pytest.approx(math.sqrt(1 * 0.5), rel=1e-5)
     pub, _ = crop_scores(resp, np.array([2]), np.array([1.0]))
-    assert pub[0] == pytest.approx(1e-6, rel=1e-3)                  # negative response -> max(., 0)
+    assert pub[0] == pytest.approx(1e-6, rel=1e-3)  # negative response -> max(., 0)
 
 
-@pytest.mark.parametrize("layer,needle", [("head", "below the class layer"), ("block1", "input"),
-                                          ("blok3", "did you mean block3")])
+@pytest.mark.parametrize(
+    "layer,needle", [("head", "below the class layer"), ("block1", "input"), ("blok3", "did you mean block3")]
+)
 def test_bad_layers(skipnet, tiny_images, fitted, layer, needle):
     with pytest.raises(NeurFlowError, match=needle):
         debug_image(fitted, skipnet, tiny_images[0], layer)
 
 
 def test_bad_image_and_threshold(skipnet, tiny_images, fitted):
-    with pytest.raises(NeurFlowError, match="--image"):
+    with pytest.raises(NeurFlowError, match="^image: "):
         debug_image(fitted, skipnet, torch.zeros(3, 20, 20))
-    with pytest.raises(NeurFlowError, match="--threshold"):
+    with pytest.raises(NeurFlowError, match="^threshold: "):
         debug_image(fitted, skipnet, tiny_images[0], threshold=-1)
 
 
@@ -149,15 +151,19 @@ def test_image_names():
 
 
 def test_debug_and_audit_on_a_torchvision_resnet18_with_random_weights():
-    from neurflow.audit import audit
+    from neurflow.auditing import audit
     from neurflow.models import load_model
+
     model = load_model("torchvision:resnet18", seed=0).model
     before = model_state(model)
     torch.manual_seed(0)
     images = torch.randn(8, 3, 64, 64)
     t = majority_class(model, images)
-    c = neurflow.NeurFlow(tau=4, top_k=5, ig_steps=8, granularities=(1.0, 0.5), batch_size=8).fit(
-        model, images, target=t, layers=["fc", "layer4.1", "layer4.0", "layer3.1"]).circuit_
+    c = (
+        neurflow.NeurFlow(tau=4, top_k=5, ig_steps=8, granularities=(1.0, 0.5), batch_size=8)
+        .fit(model, images, target=t, layers=["fc", "layer4.1", "layer4.0", "layer3.1"])
+        .circuit_
+    )
     res = debug_image(c, model, images[0], "layer4.1", threshold=0.5)
     v = res["verification"]
 

@@ -1,7 +1,7 @@
+import numpy as np
+
 from neurflow.circuit import Group, Layer, Node, SubConcept
 from neurflow.groups import group_edges, layer_groups, trace
-
-import numpy as np
 
 
 def sc(i, w, group):
@@ -9,13 +9,23 @@ def sc(i, w, group):
 
 
 def test_group_edges_published_and_once():
-    lower = Layer("low", "x", {
-        7: Node(7, (), (sc(0, {}, 0), sc(1, {}, 0), sc(2, {}, 1)), (), ()),
-        8: Node(8, (), (sc(0, {}, 1),), (), ()),
-    }, groups=(Group(0, ((7, 0), (7, 1)), (7,)), Group(1, ((7, 2), (8, 0)), (7, 8))))
-    upper = Layer("up", "low", {
-        1: Node(1, (7, 8), (sc(0, {7: 0.5, 8: -0.25}, 0), sc(1, {7: 0.1, 8: 0.2}, 0)), (), ()),
-    }, groups=(Group(0, ((1, 0), (1, 1)), (1,)),))
+    lower = Layer(
+        "low",
+        "x",
+        {
+            7: Node(7, (), (sc(0, {}, 0), sc(1, {}, 0), sc(2, {}, 1)), (), ()),
+            8: Node(8, (), (sc(0, {}, 1),), (), ()),
+        },
+        groups=(Group(0, ((7, 0), (7, 1)), (7,)), Group(1, ((7, 2), (8, 0)), (7, 8))),
+    )
+    upper = Layer(
+        "up",
+        "low",
+        {
+            1: Node(1, (7, 8), (sc(0, {7: 0.5, 8: -0.25}, 0), sc(1, {7: 0.1, 8: 0.2}, 0)), (), ()),
+        },
+        groups=(Group(0, ((1, 0), (1, 1)), (1,)),),
+    )
     # published: j=7 has two sub-concepts in group 0 and one in group 1
     e = group_edges(upper, lower, "published")
     assert abs(e[0][0] - (0.5 * 2 + 0.1 * 2)) < 1e-12
@@ -27,8 +37,13 @@ def test_group_edges_published_and_once():
 
 def test_trace_follows_top_n():
     l0 = Layer("a", "b", {}, groups=(Group(0, (), ()),), group_edges={0: {0: 0.1, 1: 0.9, 2: 0.5}})
-    l1 = Layer("b", "c", {}, groups=tuple(Group(i, (), ()) for i in range(3)),
-               group_edges={0: {0: 5.0, 1: 0.0}, 1: {0: 0.0, 1: 1.0}, 2: {0: 0.0, 1: 0.2}})
+    l1 = Layer(
+        "b",
+        "c",
+        {},
+        groups=tuple(Group(i, (), ()) for i in range(3)),
+        group_edges={0: {0: 5.0, 1: 0.0}, 1: {0: 0.0, 1: 1.0}, 2: {0: 0.0, 1: 0.2}},
+    )
     l2 = Layer("c", "d", {}, groups=(Group(0, (), ()), Group(1, (), ())))
     assert trace([l0, l1, l2], 2) == [("a", (0,)), ("b", (1, 2)), ("c", (1, 0))]
 

@@ -1,4 +1,5 @@
 """The ``annotations`` labeler: file formats, the crop rule, the statistics, zoo data."""
+
 import json
 import math
 
@@ -10,7 +11,7 @@ from neurflow.cli import main
 from neurflow.errors import NeurFlowError
 from neurflow.labels import get_labeler, label_run
 from neurflow.labels.annotations import enrichment, read_annotations, tag_matrix
-from neurflow.labels.base import RunView
+from neurflow.provenance import Provenance
 
 from conftest import tiny_run
 
@@ -33,7 +34,7 @@ def test_box_rule_and_file_ids_by_brute_force():
     records = [("0", "corner", (1.0, 1.0, 4.0, 4.0)), ("b.png", "whole", None), ("1", "half-in", (0.0, 10.0, 4.0, 4.0))]
     tags, m = tag_matrix(records, crop_image, crop_box, files=["a.png", "b.png", "c.png"])
     want = np.zeros_like(m)
-    for r, (img, tag, box) in enumerate(records):
+    for _r, (img, tag, box) in enumerate(records):
         img = {"b.png": 1}.get(img, None) if not img.isdigit() else int(img)
         for c in range(len(crop_image)):
             if crop_image[c] != img:
@@ -55,8 +56,11 @@ def test_box_rule_and_file_ids_by_brute_force():
 
 def test_file_formats(tmp_path):
     (tmp_path / "a.csv").write_text("image,tags,top,left,height,width\n3,red;round,,,,\n4,mark,1,1,4,4\n")
-    assert read_annotations(tmp_path / "a.csv") == [("3", "red", None), ("3", "round", None),
-                                                     ("4", "mark", (1.0, 1.0, 4.0, 4.0))]
+    assert read_annotations(tmp_path / "a.csv") == [
+        ("3", "red", None),
+        ("3", "round", None),
+        ("4", "mark", (1.0, 1.0, 4.0, 4.0)),
+    ]
     (tmp_path / "b.json").write_text(json.dumps({"3": ["red", {"tag": "mark", "box": [1, 1, 4, 4]}]}))
     assert read_annotations(tmp_path / "b.json") == [("3", "red", None), ("3", "mark", (1.0, 1.0, 4.0, 4.0))]
     (tmp_path / "c.json").write_text(json.dumps([{"image": "x.png", "tag": "red"}]))
@@ -73,10 +77,9 @@ def test_file_formats(tmp_path):
 
 def test_a_group_gets_the_tag_planted_on_its_exemplars(tmp_path):
     c = tiny_run(tmp_path / "run")
-    view = RunView(tmp_path / "run")
     layer = c.layers[1]
     group = layer.groups[0]
-    ex = view.all_exemplars(layer, group)
+    ex = layer.group_crops(group)
     boxes, images = c.arrays["crop_box"], c.arrays["crop_image"]
     rows = ["image,tag,top,left,height,width"]
     rows += [f"{images[e]},planted,{boxes[e][0]},{boxes[e][1]},{boxes[e][2]},{boxes[e][3]}" for e in ex]
@@ -85,10 +88,10 @@ def test_a_group_gets_the_tag_planted_on_its_exemplars(tmp_path):
     res = label_run(tmp_path / "run", get_labeler("annotations", annotations=str(tmp_path / "tags.csv")))
     got = neurflow.load(tmp_path / "run").layers[1].groups[0].label
     assert got["text"] == "planted" and got["evidence"]["precision"] == 1.0 and got["labeler"] == "annotations"
-    assert got["confidence"] == pytest.approx(1.0)          # every exemplar carries the tag
+    assert got["confidence"] == pytest.approx(1.0)  # every exemplar carries the tag
     # "everywhere" is on every crop: never enriched, never a label
     assert all(g["text"] != "everywhere" for g in res["groups"])
-    assert res["labels"] == sum(len(l.groups) for l in c.layers[1:])   # offline labelers label every group
+    assert res["labels"] == sum(len(l.groups) for l in c.layers[1:])  # offline labelers label every group
 
 
 def test_zoo_annotations_on_zoo_data(tmp_path, capsys):
@@ -96,12 +99,22 @@ def test_zoo_annotations_on_zoo_data(tmp_path, capsys):
     from neurflow.datasets import load_data
     from neurflow.models import load_model
     from neurflow.zoo.annotations import zoo_annotations
+
     loaded, data = load_model("zoo:fashion-cnn"), load_data("zoo:fashion-mnist-marked")
     neurflow.NeurFlow(tau=2, top_k=10, ig_steps=4, granularities=(1.0, 0.5)).fit(
-        loaded.model, data.images, "Sneaker", ["head", "block4", "block3"], labels=data.labels,
-        class_names=loaded.class_names, out=tmp_path / "run", meta={"data": "zoo:fashion-mnist-marked"})
-    assert main(["label", str(tmp_path / "run"), "--labeler", "annotations", "--annotations", "zoo", "--json",
-                 "--quiet"]) == 0
+        loaded.model,
+        data.images,
+        "Sneaker",
+        ["head", "block4", "block3"],
+        labels=data.labels,
+        class_names=loaded.class_names,
+        out=tmp_path / "run",
+        provenance=Provenance(data_spec="zoo:fashion-mnist-marked"),
+    )
+    assert (
+        main(["label", str(tmp_path / "run"), "--labeler", "annotations", "--annotations", "zoo", "--json", "--quiet"])
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     vocab = {t for _, t, _ in zoo_annotations("zoo:fashion-mnist-marked")}
     assert {"mark", "Sneaker", "bright", "dark", "wide", "tall"} <= vocab
@@ -110,7 +123,7 @@ def test_zoo_annotations_on_zoo_data(tmp_path, capsys):
     c = neurflow.load(tmp_path / "run")
     g = res["groups"][0]
     layer = c.layer(g["layer"])
-    ex = RunView.all_exemplars(layer, layer.groups[g["group"]])
+    ex = layer.group_crops(layer.groups[g["group"]])
     recs = [r for r in zoo_annotations("zoo:fashion-mnist-marked") if r[1] == g["text"]]
     tagged_images = {int(i) for i, _, box in recs if box is None}
     if g["text"] != "mark":

@@ -1,4 +1,5 @@
 """The ``clip`` labeler: the clear refusal when CLIP is absent, and the scoring with a stand-in encoder."""
+
 import subprocess
 import sys
 
@@ -13,12 +14,12 @@ from conftest import tiny_run
 
 
 def test_scores_closed_form():
-    t = np.eye(3)                                  # three orthogonal words
-    group = np.array([[1.0, 0, 0], [1.0, 0, 0]])   # the group's images are word 0
+    t = np.eye(3)  # three orthogonal words
+    group = np.array([[1.0, 0, 0], [1.0, 0, 0]])  # the group's images are word 0
     ref = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
     scores, pg = dissect_scores(group, ref, t, temperature=1.0)
     e = np.e
-    p0 = np.array([e, 1, 1]) / (e + 2)            # softmax of one image of word 0
+    p0 = np.array([e, 1, 1]) / (e + 2)  # softmax of one image of word 0
     pr = (p0 + p0[[1, 0, 2]] + p0[[1, 2, 0]]) / 3
     assert np.allclose(pg, p0) and np.allclose(scores, np.log(p0) - np.log(pr))
     assert int(np.argmax(scores)) == 0
@@ -28,8 +29,21 @@ def test_scores_closed_form():
 def test_absent_clip_is_one_clear_line_and_nothing_else(tmp_path):
     tiny_run(tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
-    proc = subprocess.run([sys.executable, "-m", "neurflow.cli", "label", str(tmp_path / "run"), "--labeler", "clip",
-                           "--clip-weights", str(tmp_path / "none.pt")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neurflow.cli",
+            "label",
+            str(tmp_path / "run"),
+            "--labeler",
+            "clip",
+            "--clip-weights",
+            str(tmp_path / "none.pt"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(errors) == 1 and "open_clip" in errors[0] and "nothing was labelled" in errors[0], proc.stderr
@@ -39,12 +53,14 @@ def test_absent_clip_is_one_clear_line_and_nothing_else(tmp_path):
 
 class MeanColour:
     """Stand-in encoder: an image is its mean RGB, a word is a colour."""
+
     COLOURS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1)}
 
     def images(self, pngs):
         import io
 
         from PIL import Image
+
         out = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), float).mean((0, 1)) + 1e-3 for b in pngs])
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 

@@ -1,4 +1,5 @@
 """The ``vlm`` labeler against a local OpenAI-compatible server started by the tests."""
+
 import base64
 import json
 import logging
@@ -91,7 +92,9 @@ class FakeAPI:
         if text.startswith("A higher-level"):
             names = [p["text"][:-1] for p in parts[2:] if p["type"] == "text"]
             return "\n".join(f"{name}: its edges form the corners of H" for name in names)
-        digest = sum(base64.b64decode(p["image_url"]["url"].split(",", 1)[1])[-20] for p in parts if p["type"] == "image_url")
+        digest = sum(
+            base64.b64decode(p["image_url"]["url"].split(",", 1)[1])[-20] for p in parts if p["type"] == "image_url"
+        )
         return f"dark rounded patches ({n} images, {digest % 97})"
 
     def close(self):
@@ -106,6 +109,7 @@ def api():
     def start(mode="ok"):
         servers.append(FakeAPI(mode))
         return servers[-1]
+
     yield start
     for s in servers:
         s.close()
@@ -119,8 +123,22 @@ def run_dir(tmp_path, monkeypatch):
 
 
 def vlm_args(run_dir, url, cache, *extra):
-    return ["label", str(run_dir), "--labeler", "vlm", "--base-url", url, "--model", MODEL,
-            "--api-key-env", "NF_TEST_KEY", "--cache-dir", str(cache), "--quiet", *extra]
+    return [
+        "label",
+        str(run_dir),
+        "--labeler",
+        "vlm",
+        "--base-url",
+        url,
+        "--model",
+        MODEL,
+        "--api-key-env",
+        "NF_TEST_KEY",
+        "--cache-dir",
+        str(cache),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_labels_checks_relations_and_request_shape(run_dir, api, tmp_path, capsys, caplog):
@@ -152,10 +170,26 @@ def test_labels_checks_relations_and_request_shape(run_dir, api, tmp_path, capsy
     assert numbered[:2] == ["Image 1:", "Image 2:"]
     assert all(r["temperature"] == 0 for r in server.requests)
     # relations: a traced group of the analysed layer above the lowest one, with its feeders
-    rel = [g for l in c.layers for g in l.groups if g.relation is not None]
-    assert all("corners of H" in g.relation["text"] for g in rel)
+    rel = {(l.name, g.id): g for l in c.layers for g in l.groups if g.relation is not None}
+    # by hand: every labelled group with a lower analysed layer and a positive edge into it
+    names = [l.name for l in c.layers]
+    want = {
+        (name, gid)
+        for name, gid in labelled
+        if names.index(name) + 1 < len(names) and any(w > 0 for w in c.layer(name).group_edges.get(gid, {}).values())
+    }
+    assert want and sorted(rel) == sorted(want)
+    for (name, gid), g in rel.items():
+        below = names[names.index(name) + 1]
+        row = c.layer(name).group_edges[gid]
+        best = sorted((h for h, w in row.items() if w > 0), key=lambda h: (-row[h], h))[:3]
+        assert g.relation["lower_layer"] == below and g.relation["lower"] == best
+        # the fake server answers one line per feeder it was shown, named as the prompt names it
+        assert g.relation["text"].splitlines() == [f"{below}/G{h}: its edges form the corners of H" for h in best]
     # the key is nowhere: output, logs, artifact, cache
-    blob = out.out + out.err + caplog.text + (run_dir / "circuit.json").read_text() + (run_dir / "report.html").read_text()
+    blob = (
+        out.out + out.err + caplog.text + (run_dir / "circuit.json").read_text() + (run_dir / "report.html").read_text()
+    )
     blob += "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
     assert KEY not in blob
     assert "dark rounded patches" in (run_dir / "report.html").read_text()
@@ -172,7 +206,7 @@ def test_a_rerun_is_answered_from_the_cache(run_dir, api, tmp_path):
     assert sent > 0 and lab.client.calls == sent
     lab2 = get_labeler("vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c")
     assert label_run(run_dir, lab2) == first
-    assert server.hits == sent and lab2.client.calls == 0          # nothing sent the second time
+    assert server.hits == sent and lab2.client.calls == 0  # nothing sent the second time
     # another model name is another cache key: asked again
     lab3 = get_labeler("vlm", base_url=server.url, model="other", api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c")
     label_run(run_dir, lab3)
@@ -180,38 +214,58 @@ def test_a_rerun_is_answered_from_the_cache(run_dir, api, tmp_path):
     assert len(server.problems) == sent and all("other" in p for p in server.problems)
 
 
-@pytest.mark.parametrize("mode,needle", [("500", "HTTP 500"), ("slow", "timed out"), ("malformed", "malformed reply"),
-                                         ("nochoices", "malformed reply"), ("401", "--api-key-env")])
+@pytest.mark.parametrize(
+    "mode,needle",
+    [
+        ("500", "HTTP 500"),
+        ("slow", "timed out"),
+        ("malformed", "malformed reply"),
+        ("nochoices", "malformed reply"),
+        ("401", "--api-key-env"),
+    ],
+)
 def test_failing_endpoints_end_in_one_line_and_leave_the_artifact(run_dir, api, tmp_path, mode, needle):
     server = api(mode)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     args = vlm_args(run_dir, server.url, tmp_path / "cache", "--timeout", "0.3", "--retries", "2", "--backoff", "0.01")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "neurflow.cli", *args], capture_output=True, text=True,
-                          env={**__import__("os").environ, "NF_TEST_KEY": KEY})
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurflow.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "NF_TEST_KEY": KEY},
+    )
     assert proc.returncode == 2, proc.stderr
     errors = [l for l in proc.stderr.splitlines() if l.startswith("neurflow: error:")]
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr, proc.stderr
     assert KEY not in proc.stderr + proc.stdout
-    assert server.hits == (1 if mode == "401" else 3)               # 1 try + 2 retries, no retry on 401
+    assert server.hits == (1 if mode == "401" else 3)  # 1 try + 2 retries, no retry on 401
     assert time.perf_counter() - t0 < 30
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    assert after == before                                         # the artifact is unchanged
+    assert after == before  # the artifact is unchanged
 
 
 def test_flaky_endpoint_recovers_with_retries(run_dir, api, tmp_path):
-    server = api("flaky")                                          # every other request fails with 500
-    lab = get_labeler("vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c",
-                      retries=2, backoff=0.01)
+    server = api("flaky")  # every other request fails with 500
+    lab = get_labeler(
+        "vlm",
+        base_url=server.url,
+        model=MODEL,
+        api_key_env="NF_TEST_KEY",
+        cache_dir=tmp_path / "c",
+        retries=2,
+        backoff=0.01,
+    )
     res = label_run(run_dir, lab, check=False, relations=False)
     assert res["labels"] > 0 and server.hits == 2 * res["labels"]
 
 
 def test_bad_vlm_options(run_dir):
     from neurflow.errors import NeurFlowError
-    with pytest.raises(NeurFlowError, match="--base-url"):
+
+    with pytest.raises(NeurFlowError, match="^base_url: "):
         get_labeler("vlm", base_url="localhost:8000", model=MODEL)
-    with pytest.raises(NeurFlowError, match="--model"):
+    with pytest.raises(NeurFlowError, match="^model: "):
         get_labeler("vlm", base_url="http://127.0.0.1:9/v1", model=None)
     with pytest.raises(NeurFlowError, match="did you mean vlm"):
         get_labeler("vml")

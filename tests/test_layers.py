@@ -2,9 +2,9 @@ import pytest
 import torch
 import torchvision
 
-import neurflow
 from neurflow.errors import NeurFlowError
-from neurflow.layers import LayerGraph, layer_names, response
+from neurflow.layers import LayerGraph, layer_names
+from neurflow.probe import response
 
 from conftest import SKIP_LAYERS, assert_same_state, model_state
 
@@ -31,8 +31,7 @@ def test_skip_connection_over_an_analysed_layer(skipnet, tiny_images):
 def test_segment_runs_only_its_modules(skipnet, tiny_images):
     g = LayerGraph(skipnet, SKIP_LAYERS)
     called = []
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: called.append(n))
-             for n, m in skipnet.named_children()]
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: called.append(n)) for n, m in skipnet.named_children()]
     try:
         acts, *extras = g.prefix("block2", "block3")(tiny_images)
         called.clear()
@@ -76,8 +75,11 @@ CASES = [
     ("googlenet", ["fc", "inception5b", "inception4e", "inception3a", "maxpool2"], 64),
     ("alexnet", ["classifier.6", "classifier.5", "classifier.2", "features.12", "features.5"], 224),
     ("vgg11", ["classifier.6", "classifier.3", "features.20", "features.10"], 64),
-    ("vit_b_16", ["heads.head", "encoder.ln", "encoder.layers.encoder_layer_11",
-                  "encoder.layers.encoder_layer_6"], 224),
+    (
+        "vit_b_16",
+        ["heads.head", "encoder.ln", "encoder.layers.encoder_layer_11", "encoder.layers.encoder_layer_6"],
+        224,
+    ),
 ]
 
 
@@ -118,6 +120,7 @@ def test_googlenet_input_transform_is_honoured():
 @pytest.mark.parametrize("name", ["resnet50", "googlenet", "alexnet"])
 def test_paper_layer_lists_are_valid(name):
     from neurflow.models import PAPER_LAYERS, load_model
+
     loaded = load_model(f"torchvision:{name}")
     assert loaded.default_layers == PAPER_LAYERS[name]
     LayerGraph(loaded.model, loaded.default_layers)
@@ -143,6 +146,6 @@ def test_batch_size_read_in_forward_follows_the_segment_batch():
     assert g.extras("conv", "fc") == []
     x = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
-        acts, = g.prefix("conv", "fc")(x)
+        (acts,) = g.prefix("conv", "fc")(x)
         # the segment runs on another batch size than the model input had
         assert torch.allclose(g.segment("conv", "fc")(acts[:2]), m(x[:2]), atol=1e-6)

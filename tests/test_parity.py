@@ -1,4 +1,6 @@
-"""Number-for-number agreement with the published code on ../shared/parity/resnet18-64px.json."""
+"""Number-for-number agreement with the published code on tests/fixtures/parity/resnet18-64px.json
+(and resnet18-224px.json in the slow tier)."""
+
 import json
 import random
 
@@ -9,10 +11,12 @@ import torchvision
 
 import neurflow
 
-from conftest import SHARED
+from conftest import PARITY
 
-GOLDENS = [pytest.param("resnet18-64px.json", id="64px"),
-           pytest.param("resnet18-224px.json", id="224px", marks=pytest.mark.slow)]
+GOLDENS = [
+    pytest.param("resnet18-64px.json", id="64px"),
+    pytest.param("resnet18-224px.json", id="224px", marks=pytest.mark.slow),
+]
 
 
 def close(a, b):
@@ -22,10 +26,7 @@ def close(a, b):
 
 @pytest.fixture(scope="module", params=GOLDENS)
 def golden_run(request):
-    path = SHARED / "parity" / request.param
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is not beside the repository)")
-    golden = json.loads(path.read_text())
+    golden = json.loads((PARITY / request.param).read_text())  # a missing fixture fails, never skips
     size = int(golden["config"]["data"].rstrip(")").split(",")[-1])
     torch.manual_seed(0)
     np.random.seed(0)
@@ -39,11 +40,17 @@ def golden_run(request):
     with torch.no_grad():
         assert model(data).argmax(1).tolist() == checks["predictions"]
     cfg = golden["config"]
-    nf = neurflow.NeurFlow(tau=cfg["tau"], top_k=cfg["top_k"], granularities=cfg["granularities"],
-                           stride_ratio=cfg["stride_ratio"], ig_steps=50, max_sub_concepts=cfg["max_sub_concepts"],
-                           edge_norm="reference")
+    nf = neurflow.NeurFlow(
+        tau=cfg["tau"],
+        top_k=cfg["top_k"],
+        granularities=cfg["granularities"],
+        stride_ratio=cfg["stride_ratio"],
+        ig_steps=50,
+        max_sub_concepts=cfg["max_sub_concepts"],
+        edge_norm="reference",
+    )
     nf.fit(model, data, target=checks["target_class"], layers=cfg["layers_top_down"])
-    assert len(nf.pool_) == checks["n_crops"]
+    assert nf.circuit_.meta["n_crops"] == checks["n_crops"]
     assert {str(k): int(v) for k, v in nf.circuit_.meta["crop_sizes"].items()} == checks["crop_size_counts"]
     return golden, nf.circuit_
 
@@ -87,10 +94,24 @@ def test_group_edges_reference(golden_run):
     golden, circuit = golden_run
     upper, lower = circuit.layer("layer4.1"), circuit.layer("layer4.0")
     ref = golden["group_edges_layer4.1_to_layer4.0_reference"]
-    ref_parts = {int(g): {(int(n), int(s)) for n, subs in golden["layer_groups"]["layer4.1"]["assign"].items()
-                          for s, gg in subs.items() if gg == int(g)} for g in ref}
-    low_parts = {int(g): {(int(n), int(s)) for n, subs in golden["layer_groups"]["layer4.0"]["assign"].items()
-                          for s, gg in subs.items() if gg == int(g)} for g in range(2)}
+    ref_parts = {
+        int(g): {
+            (int(n), int(s))
+            for n, subs in golden["layer_groups"]["layer4.1"]["assign"].items()
+            for s, gg in subs.items()
+            if gg == int(g)
+        }
+        for g in ref
+    }
+    low_parts = {
+        int(g): {
+            (int(n), int(s))
+            for n, subs in golden["layer_groups"]["layer4.0"]["assign"].items()
+            for s, gg in subs.items()
+            if gg == int(g)
+        }
+        for g in range(2)
+    }
     for G in upper.groups:
         their_G = next(g for g, members in ref_parts.items() if members == set(G.members))
         for g in lower.groups:

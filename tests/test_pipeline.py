@@ -15,8 +15,9 @@ SETTINGS = dict(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5), batch_size
 
 
 def fit(model, images, out=None, **kw):
-    return neurflow.NeurFlow(**{**SETTINGS, **kw}).fit(model, images, target=majority_class(model, images),
-                                                       layers=SKIP_LAYERS, out=out)
+    return neurflow.NeurFlow(**{**SETTINGS, **kw}).fit(
+        model, images, target=majority_class(model, images), layers=SKIP_LAYERS, out=out
+    )
 
 
 def strip(doc):
@@ -28,12 +29,17 @@ def strip(doc):
 
 
 def test_estimator_contract_and_frozen_results(skipnet, tiny_images):
-    nf = neurflow.NeurFlow(tau=3)
+    nf = neurflow.NeurFlow(**SETTINGS)
     assert not hasattr(nf, "circuit_") and nf.config.tau == 3
-    assert fit(skipnet, tiny_images) is not None
-    c = fit(skipnet, tiny_images).circuit_
+    target = majority_class(skipnet, tiny_images)
+    assert nf.fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS) is nf  # fit returns the estimator
+    c = nf.circuit_  # with its result on it
+    assert c.target == target
     assert [l.name for l in c.layers] == SKIP_LAYERS[:-1] and c.input_layer == "block1"
-    assert len(c.layers[0].nodes) == 1 and c.target in c.layers[0].nodes
+    assert [l.lower for l in c.layers] == SKIP_LAYERS[1:]
+    assert list(c.layers[0].nodes) == [target]
+    # tau = 3 distinct core neurons per node: one class node, then 3 nodes, then between 3 and 3 * 3
+    assert len(c.layers[1].nodes) == 3 and 3 <= len(c.layers[2].nodes) <= 9
     # nodes of each layer = union of the core sets above
     for upper, lower in zip(c.layers, c.layers[1:]):
         assert set(lower.nodes) == {j for n in upper.nodes.values() for j in n.core}
@@ -67,7 +73,7 @@ def test_user_model_unchanged(skipnet, tiny_images):
 
 def test_deterministic_and_order_invariant(skipnet, tiny_images, tmp_path):
     a = fit(skipnet, tiny_images, tmp_path / "a")
-    b = fit(skipnet, tiny_images, tmp_path / "b")
+    fit(skipnet, tiny_images, tmp_path / "b")
     ja = json.loads((tmp_path / "a" / "circuit.json").read_text())
     jb = json.loads((tmp_path / "b" / "circuit.json").read_text())
     assert strip(ja) == strip(jb)
@@ -93,7 +99,7 @@ def test_save_load_roundtrip(skipnet, tiny_images, tmp_path):
 
 
 def test_resume_skips_finished_layers(skipnet, tiny_images, tmp_path, monkeypatch):
-    full = fit(skipnet, tiny_images, tmp_path / "full")
+    fit(skipnet, tiny_images, tmp_path / "full")
     calls = []
     real = core.attribute
 
@@ -122,8 +128,14 @@ def test_refuses_a_different_run_unless_overwrite(skipnet, tiny_images, tmp_path
     with pytest.raises(NeurFlowError, match="different run"):
         fit(skipnet, tiny_images, tmp_path, tau=2)
     nf = neurflow.NeurFlow(**{**SETTINGS, "tau": 2})
-    nf.fit(skipnet, tiny_images, target=majority_class(skipnet, tiny_images), layers=SKIP_LAYERS, out=tmp_path,
-           overwrite=True)
+    nf.fit(
+        skipnet,
+        tiny_images,
+        target=majority_class(skipnet, tiny_images),
+        layers=SKIP_LAYERS,
+        out=tmp_path,
+        overwrite=True,
+    )
     assert all(len(n.core) == 2 for n in neurflow.load(tmp_path).layers[0].nodes.values())
 
 
@@ -144,8 +156,9 @@ def test_labelled_selection_and_bad_targets(skipnet, tiny_images):
     with pytest.raises(NeurFlowError, match="0..4"):
         neurflow.NeurFlow(**SETTINGS).fit(skipnet, tiny_images, target=7, layers=SKIP_LAYERS)
     with pytest.raises(NeurFlowError, match="did you mean"):
-        neurflow.NeurFlow(**SETTINGS).fit(skipnet, tiny_images, target="cta", layers=SKIP_LAYERS,
-                                          class_names=["cat", "dog", "a", "b", "c"])
+        neurflow.NeurFlow(**SETTINGS).fit(
+            skipnet, tiny_images, target="cta", layers=SKIP_LAYERS, class_names=["cat", "dog", "a", "b", "c"]
+        )
 
 
 def test_adaptive_tau_keeps_a_prefix_of_the_ranking(skipnet, tiny_images):
@@ -168,8 +181,14 @@ def test_finished_run_is_loaded_not_recomputed(skipnet, tiny_images, tmp_path, m
 def test_overwrite_never_deletes_foreign_files(skipnet, tiny_images, tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
     with pytest.raises(NeurFlowError, match="no neurflow manifest"):
-        neurflow.NeurFlow(**SETTINGS).fit(skipnet, tiny_images, target=majority_class(skipnet, tiny_images),
-                                          layers=SKIP_LAYERS, out=tmp_path, overwrite=True)
+        neurflow.NeurFlow(**SETTINGS).fit(
+            skipnet,
+            tiny_images,
+            target=majority_class(skipnet, tiny_images),
+            layers=SKIP_LAYERS,
+            out=tmp_path,
+            overwrite=True,
+        )
     assert (tmp_path / "thesis.tex").read_text() == "precious"
 
 
@@ -180,6 +199,7 @@ def test_thumbnails_show_the_crops_as_the_model_saw_them():
 
     from neurflow.crops import CropPool
     from neurflow.data import thumbnails
+
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, :4, :4] = 1.0  # a white top-left quarter on black, already in [0, 1]
     pool = CropPool(x, (1.0, 0.5))

@@ -1,4 +1,5 @@
 """Reliability and security guarantees (docs/reliability.md), each one a test."""
+
 import json
 import os
 import subprocess
@@ -16,7 +17,9 @@ from neurflow.errors import NeurFlowError
 
 from conftest import SKIP_LAYERS, TINY_NET_PY, assert_same_state, majority_class, model_state
 
-SIDE_NET_PY = TINY_NET_PY + """
+SIDE_NET_PY = (
+    TINY_NET_PY
+    + """
 class Side(Net):
     def __init__(self):
         super().__init__()
@@ -29,6 +32,7 @@ class Side(Net):
 def side():
     return Side()
 """
+)
 
 
 @pytest.fixture
@@ -40,13 +44,27 @@ def ws(tmp_path):
 
 
 def cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "neurflow.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "neurflow.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def base(ws, out="out", **change):
-    args = {"--model": f"{ws}/m.py:build", "--data": f"{ws}/d.pt", "--target": "2", "--layers": "head,block2,block1",
-            "--tau": "3", "--top-k": "5", "--ig-steps": "8", "--granularities": "1,0.5", "--out": str(ws / out)}
+    args = {
+        "--model": f"{ws}/m.py:build",
+        "--data": f"{ws}/d.pt",
+        "--target": "2",
+        "--layers": "head,block2,block1",
+        "--tau": "3",
+        "--top-k": "5",
+        "--ig-steps": "8",
+        "--granularities": "1,0.5",
+        "--out": str(ws / out),
+    }
     args.update(change)
     return ["run", *[x for kv in args.items() for x in kv], "--quiet"]
 
@@ -65,23 +83,26 @@ def one_line(proc, needle):
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     errors = [l for l in lines if l.startswith("neurflow: error: ")]
     assert len(errors) == 1 and errors[0] == lines[-1] and "Traceback" not in proc.stderr, proc.stderr
-    assert needle in errors[0], errors[0]     # (warnings such as skipped files may come before it)
+    assert needle in errors[0], errors[0]  # (warnings such as skipped files may come before it)
     return errors[0]
 
 
 # 1. bad input: exit code 2 and one line (parameter, expected, given, hint) --------------------------
-@pytest.mark.parametrize("change,needle", [
-    ({"--layers": "head,blok2,block1"}, "did you mean block2"),                      # unknown layer
-    ({"--layers": "block1,block2,head"}, "top down"),                               # not top down
-    ({"--target": "9"}, "0..3"),                                                    # target out of range
-    ({"--target": "dgo"}, "did you mean dog"),                                      # unknown class name
-    ({"--target": "0"}, "no image is predicted as 0"),                              # nothing predicted as it
-    ({"--top-k": "500"}, "top_k"),                                                  # fewer crops than top-k
-    ({"--data": "/nonexistent/x.pt"}, "--data"),                                     # missing DATA
-    ({"--model": "torchvision:resnet19"}, "did you mean torchvision:resnet18"),      # unresolvable model
-    ({"--model": "no_such_pkg.mod:build"}, "--model"),
-    ({"--out": "/proc/forbidden"}, "--out"),                                        # unwritable --out
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"--layers": "head,blok2,block1"}, "did you mean block2"),  # unknown layer
+        ({"--layers": "block1,block2,head"}, "top down"),  # not top down
+        ({"--target": "9"}, "0..3"),  # target out of range
+        ({"--target": "dgo"}, "did you mean dog"),  # unknown class name
+        ({"--target": "0"}, "no image is predicted as 0"),  # nothing predicted as it
+        ({"--top-k": "500"}, "--top-k"),  # fewer crops than top-k
+        ({"--data": "/nonexistent/x.pt"}, "--data"),  # missing DATA
+        ({"--model": "torchvision:resnet19"}, "did you mean torchvision:resnet18"),  # unresolvable model
+        ({"--model": "no_such_pkg.mod:build"}, "--model"),
+        ({"--out": "/proc/forbidden"}, "--out"),  # unwritable --out
+    ],
+)
 def test_bad_run_input(ws, change, needle):
     line = one_line(cli(*base(ws, **change)), needle)
     assert "expected" in line and "got" in line
@@ -119,6 +140,7 @@ def test_grey_and_rgba_images_are_converted_bad_ones_skipped_and_counted(ws):
 
 def test_pickle_checkpoint_nan_weights_and_newer_schema(ws):
     from neurflow.models import load_model
+
     model = load_model(f"{ws}/m.py:build").model
     torch.save(model, ws / "pickled.pt")
     one_line(cli(*base(ws), "--weights", str(ws / "pickled.pt")), "--trust-checkpoint")
@@ -134,28 +156,35 @@ def test_pickle_checkpoint_nan_weights_and_newer_schema(ws):
 
 
 def test_commands_on_a_directory_that_is_not_a_run(ws):
-    for args in (["show"], ["report"], ["debug", "--image", "0"], ["audit"], ["label", "--labeler", "annotations",
-                                                                              "--annotations", "zoo"],
-                 ["eval", "fidelity"]):
+    for args in (
+        ["show"],
+        ["report"],
+        ["debug", "--image", "0"],
+        ["audit"],
+        ["label", "--labeler", "annotations", "--annotations", "zoo"],
+        ["eval", "fidelity"],
+    ):
         cmd = [args[0], str(ws / "nothing"), *args[1:]]
         one_line(cli(*cmd), "DIR")
 
 
 # 2. SIGKILL while saving, then resume: the same artifact, never readable as complete ----------------
-@pytest.mark.parametrize("fault", ["manifest.json", "layer0.json", "layer1.npz", "arrays.npz", "*/crops/*.png",
-                                   "circuit.json"])
+@pytest.mark.parametrize(
+    "fault", ["manifest.json", "layer0.json", "layer1.npz", "arrays.npz", "*/crops/*.png", "circuit.json"]
+)
 def test_killed_while_saving_resumes_to_the_same_artifact(ws, fault):
     layers = {"--layers": "head,block2,block1,stem"}
     killed = cli(*base(ws, "killed", **layers), env={"NEURFLOW_FAULT": f"write:{fault}"})
     assert killed.returncode == -9, killed.stderr
     with pytest.raises(NeurFlowError):
-        neurflow.load(ws / "killed")                        # a partial run is never read as complete
+        neurflow.load(ws / "killed")  # a partial run is never read as complete
     assert cli(*base(ws, "killed", **layers)).returncode == 0
     assert cli(*base(ws, "ref", **layers)).returncode == 0
     assert artifact(ws / "killed") == artifact(ws / "ref")
     assert not list((ws / "killed").rglob(".tmp-*")) and not (ws / "killed" / "partial").exists()
-    assert sorted(p.name for p in (ws / "killed" / "crops").iterdir()) == \
-        sorted(p.name for p in (ws / "ref" / "crops").iterdir())
+    assert sorted(p.name for p in (ws / "killed" / "crops").iterdir()) == sorted(
+        p.name for p in (ws / "ref" / "crops").iterdir()
+    )
 
 
 # 3. the user's model is left as found, also when a command fails midway -----------------------------
@@ -171,24 +200,29 @@ def failing_after(module, n):
         calls["n"] += 1
         if calls["n"] > n:
             raise Boom("injected failure")
+
     return module.register_forward_hook(hook)
 
 
 @pytest.mark.parametrize("command", ["run", "debug", "audit", "eval"])
 def test_model_unchanged_when_a_command_fails_midway(skipnet, tiny_images, tmp_path, command):
-    from neurflow.audit import audit
+    from neurflow.auditing import audit
     from neurflow.datasets import Dataset
     from neurflow.debug import debug_image
-    from neurflow.evaluate import Options, open_context
+    from neurflow.evaluate import Context, Options
     from neurflow.evaluate.fidelity import fidelity
-    from neurflow.reopen import Reopened
+    from neurflow.run import Run
+
     target = majority_class(skipnet, tiny_images)
-    c = neurflow.NeurFlow(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5)).fit(
-        skipnet, tiny_images, target=target, layers=SKIP_LAYERS, out=tmp_path / "run").circuit_
+    c = (
+        neurflow.NeurFlow(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5))
+        .fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS, out=tmp_path / "run")
+        .circuit_
+    )
     with torch.no_grad():
         labels = skipnet(tiny_images).argmax(1)
-    labels[::2] = (target + 1) % 5                          # some false positives, some true positives
-    skipnet.block2.train()                                  # a mixed state the commands must restore
+    labels[::2] = (target + 1) % 5  # some false positives, some true positives
+    skipnet.block2.train()  # a mixed state the commands must restore
     skipnet.head.weight.requires_grad_(False)
     handle = failing_after(skipnet.block3, 3)
     before = model_state(skipnet)
@@ -200,8 +234,8 @@ def test_model_unchanged_when_a_command_fails_midway(skipnet, tiny_images, tmp_p
         elif command == "audit":
             audit(c, skipnet, tiny_images, labels)
         else:
-            run = Reopened(tmp_path / "run", c, skipnet, None, Dataset(tiny_images, labels))
-            fidelity(open_context(run, Options(draws=1, quiet=True)))
+            run = Run(tmp_path / "run", quiet=True).attach(skipnet, Dataset(tiny_images, labels))
+            fidelity(Context(run, Options(draws=1)))
     assert_same_state(before, model_state(skipnet))
     handle.remove()
 
@@ -223,13 +257,33 @@ def test_same_seed_same_artifact_and_order_invariant_cores(ws):
 # 6. caches (run identity) are keyed by the model weights, the data and every setting ----------------
 def test_run_identity_covers_weights_data_and_every_setting(skipnet, tiny_images):
     cfg = NeurFlowConfig()
-    digest = lambda m, imgs, settings: run_hash(model_hash(m), neurflow.artifact.hash_tensors([("images", imgs)]),  # noqa: E731
-                                                settings)
+
+    def digest(m, imgs, settings):
+        return run_hash(
+            model_hash(m),
+            neurflow.artifact.hash_tensors([("images", imgs)]),  # noqa: E731
+            settings,
+        )
+
     ref = digest(skipnet, tiny_images, cfg.method_dict())
-    changed = {"tau": 5, "top_k": 7, "ig_steps": 9, "granularities": [1.0], "stride_ratio": 0.25, "adaptive_eps": 0.1,
-               "edge_norm": "reference", "max_sub_concepts": 3, "monosemantic_threshold": 0.5, "max_groups": 4,
-               "n_groups": 2, "group_edge_rule": "once", "top_n": 1, "selection": "labelled", "seed": 1}
-    assert set(changed) == set(cfg.method_dict())            # every method setting is covered here
+    changed = {
+        "tau": 5,
+        "top_k": 7,
+        "ig_steps": 9,
+        "granularities": [1.0],
+        "stride_ratio": 0.25,
+        "adaptive_eps": 0.1,
+        "edge_norm": "reference",
+        "max_sub_concepts": 3,
+        "monosemantic_threshold": 0.5,
+        "max_groups": 4,
+        "n_groups": 2,
+        "group_edge_rule": "once",
+        "top_n": 1,
+        "selection": "labelled",
+        "seed": 1,
+    }
+    assert set(changed) == set(cfg.method_dict())  # every method setting is covered here
     for key, value in changed.items():
         assert digest(skipnet, tiny_images, {**cfg.method_dict(), key: value}) != ref, key
     other = type(skipnet)()
@@ -247,6 +301,7 @@ def test_a_changed_setting_or_model_is_not_served_from_the_run_directory(ws):
     assert cli(*base(ws)).returncode == 0
     one_line(cli(*base(ws, **{"--tau": "2"})), "different run")
     from neurflow.models import load_model
+
     state = load_model(f"{ws}/m.py:build").model.state_dict()
     state["head.bias"] = state["head.bias"] + 1e-3
     torch.save(state, ws / "w.pt")

@@ -5,10 +5,12 @@ The browser tests need Debian's /usr/bin/chromium and the ``playwright`` package
 Load time of the synthetic ResNet50-sized artifact:
 ``.venv/bin/python -m pytest -q -s tests/test_report.py -k resnet50`` (see docs/report.md).
 """
+
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import time
@@ -18,17 +20,20 @@ import numpy as np
 import pytest
 import torch
 
-from neurflow import NeurFlow, load
+from neurflow import load
 from neurflow.artifact import RunStore
 from neurflow.circuit import Circuit, Group, Layer, Node, SubConcept
 from neurflow.cli import main
-from neurflow.report import REPORT, write_report
+from neurflow.report import write_report
 
-from conftest import TINY_NET_PY as MODEL_PY, tiny_net, tiny_run
+from conftest import TINY_NET_PY as MODEL_PY
+from conftest import tiny_net, tiny_run
+
+REPORT = "report.html"
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
-EVIL = "<script>alert(1)</script> \"q\" 'a' & ünï\u202ecode \U0001F600 </script>"
+EVIL = "<script>alert(1)</script> \"q\" 'a' & ünï\u202ecode \U0001f600 </script>"
 
 try:
     from playwright.sync_api import sync_playwright
@@ -38,21 +43,34 @@ except ImportError:  # pragma: no cover - CI installs it
 needs_browser = pytest.mark.skipif(
     sync_playwright is None or not CHROMIUM.exists(),
     reason="browser test needs /usr/bin/chromium (apt-get install chromium) and the playwright package "
-           "(pip install playwright); .ci/run installs both")
+    "(pip install playwright); .ci/run installs both",
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # artifacts
 def _png(rgb, size: int = 16) -> bytes:
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", (size, size), tuple(int(v) for v in rgb)).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def synthetic_circuit(out: Path, n_layers: int = 10, nodes: int = 800, groups: int = 80, tau: int = 16,
-                      subs: int = 3, n_thumbs: int = 300, width: int = 2048, top_n: int = 3,
-                      meta: dict | None = None, label: str | None = None, seed: int = 0) -> Circuit:
+def synthetic_circuit(
+    out: Path,
+    n_layers: int = 10,
+    nodes: int = 800,
+    groups: int = 80,
+    tau: int = 16,
+    subs: int = 3,
+    n_thumbs: int = 300,
+    width: int = 2048,
+    top_n: int = 3,
+    meta: dict | None = None,
+    label: str | None = None,
+    seed: int = 0,
+) -> Circuit:
     """A fake circuit of ResNet50 size (defaults: 10 analysed layers, 7,201 nodes, 80 groups per
     layer, 16 core neurons per node, 3 sub-concepts each), saved as a finished run in ``out``.
     ``n_thumbs`` distinct crops (tiny PNGs) are shared by all display exemplars."""
@@ -63,8 +81,9 @@ def synthetic_circuit(out: Path, n_layers: int = 10, nodes: int = 800, groups: i
     neurons = [target]
     for li in range(n_layers):
         n_groups = 1 if li == 0 else groups
-        lower_neurons = sorted(rng.choice(width, size=nodes, replace=False).tolist()) if li + 1 < n_layers \
-            else list(range(width))
+        lower_neurons = (
+            sorted(rng.choice(width, size=nodes, replace=False).tolist()) if li + 1 < n_layers else list(range(width))
+        )
         node_map, members = {}, [[] for _ in range(n_groups)]
         for n in neurons:
             core = [int(j) for j in rng.choice(lower_neurons, size=tau, replace=False)]
@@ -75,17 +94,39 @@ def synthetic_circuit(out: Path, n_layers: int = 10, nodes: int = 800, groups: i
                 g = 0 if li == 0 else int(rng.integers(n_groups))
                 members[g].append((n, s))
                 ex = tuple(int(e) for e in rng.choice(n_thumbs, size=8, replace=False))
-                sc.append(SubConcept(s, ex, ex[:5], float(rng.uniform(0.5, 5)),
-                                     {j: float(v) for j, v in zip(core, w)}, {j: float(v) for j, v in zip(core, w)},
-                                     g))
-            node_map[n] = Node(n, tuple(core), tuple(sc), tuple(int(e) for e in rng.choice(n_thumbs, 10)),
-                               tuple(float(v) for v in np.sort(rng.uniform(0, 1, tau))[::-1]))
+                sc.append(
+                    SubConcept(
+                        s,
+                        ex,
+                        ex[:5],
+                        float(rng.uniform(0.5, 5)),
+                        {j: float(v) for j, v in zip(core, w)},
+                        {j: float(v) for j, v in zip(core, w)},
+                        g,
+                    )
+                )
+            node_map[n] = Node(
+                n,
+                tuple(core),
+                tuple(sc),
+                tuple(int(e) for e in rng.choice(n_thumbs, 10)),
+                tuple(float(v) for v in np.sort(rng.uniform(0, 1, tau))[::-1]),
+            )
         grps = tuple(Group(g, tuple(m), tuple(dict.fromkeys(n for n, _ in m))) for g, m in enumerate(members))
         edges = {}
         if li + 1 < n_layers:
             edges = {g: {h: float(v) for h, v in enumerate(rng.normal(1.0, 1.0, groups))} for g in range(n_groups)}
-        layers.append(Layer(names[li], names[li + 1], node_map, grps, edges,
-                            {"relative": float(rng.uniform(0, 1e-3)), "mean_abs": 0.0}, float(rng.uniform(1, 60))))
+        layers.append(
+            Layer(
+                names[li],
+                names[li + 1],
+                node_map,
+                grps,
+                edges,
+                {"relative": float(rng.uniform(0, 1e-3)), "mean_abs": 0.0},
+                float(rng.uniform(1, 60)),
+            )
+        )
         neurons = lower_neurons
     trace, kept = [], [0]
     for li, layer in enumerate(layers):
@@ -93,13 +134,28 @@ def synthetic_circuit(out: Path, n_layers: int = 10, nodes: int = 800, groups: i
             score = {h: sum(layers[li - 1].group_edges[g][h] for g in kept) for h in range(len(layer.groups))}
             kept = sorted(score, key=lambda h: (-score[h], h))[:top_n]
         trace.append((layer.name, tuple(kept)))
-    arrays = {"crop_image": np.arange(n_thumbs, dtype=np.int64) // 4,
-              "crop_box": np.tile(np.array([[0, 0, 112, 112]], dtype=np.int64), (n_thumbs, 1))}
-    base_meta = {"model": "synthetic:resnet50-sized", "data": "synthetic", "target_name": "goldfish",
-                 "n_crops": n_thumbs, "image_size": 224, "files": [f"img{i}.jpg" for i in range(n_thumbs // 4)],
-                 "timings_s": {"total_s": 1.0}}
-    circuit = Circuit(target, tuple(layers), names[n_layers], tuple(trace),
-                      {"tau": tau, "top_n": top_n, "layers": names}, {**base_meta, **(meta or {})}, arrays)
+    arrays = {
+        "crop_image": np.arange(n_thumbs, dtype=np.int64) // 4,
+        "crop_box": np.tile(np.array([[0, 0, 112, 112]], dtype=np.int64), (n_thumbs, 1)),
+    }
+    base_meta = {
+        "model": "synthetic:resnet50-sized",
+        "data": "synthetic",
+        "target_name": "goldfish",
+        "n_crops": n_thumbs,
+        "image_size": 224,
+        "files": [f"img{i}.jpg" for i in range(n_thumbs // 4)],
+        "timings_s": {"total_s": 1.0},
+    }
+    circuit = Circuit(
+        target,
+        tuple(layers),
+        names[n_layers],
+        tuple(trace),
+        {"tau": tau, "top_n": top_n, "layers": names},
+        {**base_meta, **(meta or {})},
+        arrays,
+    )
     thumbs = {i: _png(rng.integers(0, 256, 3)) for i in range(n_thumbs)}
     RunStore(out, digest="x").finish(circuit, thumbnails=thumbs)
     if label is not None:  # a later schema may give groups a label; the report shows it
@@ -121,8 +177,10 @@ class Browser:
     """A headless Chromium page that records console errors, requests and dialogs."""
 
     def __init__(self, pw):
-        self.browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        self.browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         self.page = self.browser.new_page(viewport={"width": 1400, "height": 900})
         self.errors, self.requests, self.dialogs = [], [], []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
@@ -191,19 +249,26 @@ def test_report_is_self_contained(tmp_path, capsys):
     assert text.count("<script") == 2 and 'type="application/json"' in text
     assert "data:image/png;base64," in text
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
-    assert "@import" not in text and "<link rel=\"stylesheet\"" not in text
+    assert "@import" not in text and '<link rel="stylesheet"' not in text
     data = json.loads(re.search(r'<script id="circuit-data" type="application/json">(.*?)</script>', text, re.S)[1])
     assert data["target"] == c.target and [t[0] for t in data["trace"]] == [t[0] for t in c.trace]
-    shown = {e for layer in c.layers for n in layer.nodes.values() for s in n.sub_concepts
-             for e in s.display_exemplars}
+    shown = {e for layer in c.layers for n in layer.nodes.values() for s in n.sub_concepts for e in s.display_exemplars}
     assert {int(k) for k in data["crops"]} == shown
     assert all(v["src"].startswith("data:image/png;base64,") for v in data["crops"].values())
     assert write_report(tmp_path / "run") == path  # rewriting is fine (atomic replace)
 
 
 def test_report_escapes_data(tmp_path):
-    synthetic_circuit(tmp_path / "evil", n_layers=3, nodes=6, groups=3, tau=3, n_thumbs=12,
-                      meta={"model": EVIL, "target_name": EVIL, "files": [EVIL] * 3}, label=EVIL)
+    synthetic_circuit(
+        tmp_path / "evil",
+        n_layers=3,
+        nodes=6,
+        groups=3,
+        tau=3,
+        n_thumbs=12,
+        meta={"model": EVIL, "target_name": EVIL, "files": [EVIL] * 3},
+        label=EVIL,
+    )
     text = write_report(tmp_path / "evil").read_text()
     assert "<script>alert" not in text
     assert text.count("</script>") == 2
@@ -215,10 +280,35 @@ def test_cli_run_writes_report(tmp_path, capsys):
     model_py = tmp_path / "m.py"
     model_py.write_text(MODEL_PY)
     torch.save({"images": torch.rand(8, 3, 16, 16), "labels": torch.arange(8) % 4}, tmp_path / "data.pt")
-    assert main(["run", "--model", f"{model_py}:build", "--data", str(tmp_path / "data.pt"), "--target", "1",
-                 "--layers", "head,block2,block1", "--tau", "3", "--top-k", "5", "--ig-steps", "8",
-                 "--granularities", "1,0.5", "--selection", "labelled", "--out", str(tmp_path / "out"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                f"{model_py}:build",
+                "--data",
+                str(tmp_path / "data.pt"),
+                "--target",
+                "1",
+                "--layers",
+                "head,block2,block1",
+                "--tau",
+                "3",
+                "--top-k",
+                "5",
+                "--ig-steps",
+                "8",
+                "--granularities",
+                "1,0.5",
+                "--selection",
+                "labelled",
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert f"report: {tmp_path / 'out' / REPORT}" in capsys.readouterr().out
     assert (tmp_path / "out" / REPORT).stat().st_size > 0
 
@@ -239,8 +329,16 @@ def test_browser_tiny_run(tmp_path, browser):
 
 @needs_browser
 def test_browser_escaping(tmp_path, browser):
-    synthetic_circuit(tmp_path / "evil", n_layers=3, nodes=6, groups=3, tau=3, n_thumbs=12,
-                      meta={"model": EVIL, "target_name": EVIL, "files": [EVIL] * 3}, label=EVIL)
+    synthetic_circuit(
+        tmp_path / "evil",
+        n_layers=3,
+        nodes=6,
+        groups=3,
+        tau=3,
+        n_thumbs=12,
+        meta={"model": EVIL, "target_name": EVIL, "files": [EVIL] * 3},
+        label=EVIL,
+    )
     c = load(tmp_path / "evil")
     path = write_report(tmp_path / "evil")
     browser.open(path)
@@ -248,8 +346,8 @@ def test_browser_escaping(tmp_path, browser):
     name, ids = c.trace[1]
     browser.page.click(f'[data-group="{name}/{ids[0]}"]')
     body = browser.page.inner_text("body")
-    assert EVIL.split(" </script>")[0].split(" \"q\"")[0] in body  # "<script>alert(1)</script>" as text
-    assert "ünï" in body and "\U0001F600" in body
+    assert EVIL.split(" </script>")[0].split(' "q"')[0] in body  # "<script>alert(1)</script>" as text
+    assert "ünï" in body and "\U0001f600" in body
     assert browser.page.evaluate("document.querySelectorAll('script').length") == 2
     assert browser.page.locator("#details .label").first.inner_text().strip() == EVIL.strip()
     assert browser.page.title().startswith("NeurFlow circuit: class 7 (<script>")
@@ -272,10 +370,12 @@ def test_browser_resnet50_sized(tmp_path, browser):
     all_seconds = time.perf_counter() - t0
     assert browser.groups() == n_groups
     browser.check_clean()
-    print(f"\nsynthetic ResNet50-sized artifact: {len(c.layers)} analysed layers, {n_nodes} nodes, "
-          f"{n_groups} groups; built in {built:.1f} s; report {path.stat().st_size / 1e6:.1f} MB written in "
-          f"{written:.2f} s; loaded and drawn (traced path) in {seconds:.2f} s; 'show all groups' in "
-          f"{all_seconds:.2f} s")
+    print(
+        f"\nsynthetic ResNet50-sized artifact: {len(c.layers)} analysed layers, {n_nodes} nodes, "
+        f"{n_groups} groups; built in {built:.1f} s; report {path.stat().st_size / 1e6:.1f} MB written in "
+        f"{written:.2f} s; loaded and drawn (traced path) in {seconds:.2f} s; 'show all groups' in "
+        f"{all_seconds:.2f} s"
+    )
     assert seconds < 30 and all_seconds < 30
 
 
@@ -283,17 +383,23 @@ def test_browser_resnet50_sized(tmp_path, browser):
 @needs_browser
 def test_browser_demo(tmp_path, browser):
     from neurflow.demo import run_demo
+
     nf, out, _, _ = run_demo(out=tmp_path / "demo", quiet=True)
     shot = tmp_path / "demo.png"
     check_report(browser, write_report(out), nf.circuit_, shot)
-    shutil.copyfile(shot, ROOT / "docs" / "report-screenshot.png")
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # tests never write into the source tree; refreshing the docs' screenshot is opt-in:
+    # NEURFLOW_UPDATE_DOCS=1 .venv/bin/python -m pytest -m slow tests/test_report.py -k demo
+    if os.environ.get("NEURFLOW_UPDATE_DOCS") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "report-screenshot.png")
 
 
 @needs_browser
 def test_browser_debug_and_audit_sections(tmp_path, browser):
     from neurflow.artifact import atomic_write, write_json
-    from neurflow.audit import audit
+    from neurflow.auditing import audit
     from neurflow.debug import debug_image, image_png
+
     run = tmp_path / "run"
     c = tiny_run(run)
     torch.manual_seed(0)
@@ -308,7 +414,7 @@ def test_browser_debug_and_audit_sections(tmp_path, browser):
     write_json(run / "audit.json", audit(c, model, images, labels))
     path = write_report(run)
     browser.open(path)
-    assert browser.groups() == traced_count(c)                   # the graph is unchanged
+    assert browser.groups() == traced_count(c)  # the graph is unchanged
     boxes = browser.page.locator("#debugging .box")
     assert boxes.count() == sum(len(g["crops"]) for g in res["groups"] if g["strong"]) > 0
     box = boxes.first.get_attribute("data-box").split(",")
@@ -339,6 +445,7 @@ def test_browser_shows_labels_checks_and_relations(tmp_path, browser):
 
     class Evil(Labeler):
         """Labels every group with EVIL, picks the first two crops, captions relations with EVIL."""
+
         name, can_check, can_relate = "evil", True, True
 
         def label_group(self, run, layer, group):
@@ -348,8 +455,12 @@ def test_browser_shows_labels_checks_and_relations(tmp_path, browser):
             return [0, 1]
 
         def label_relation(self, run, layer, group, lower, feeders):
-            return {"text": EVIL + "\nline 2", "labeler": self.name, "lower_layer": lower.name,
-                    "lower": [g.id for g in feeders]}
+            return {
+                "text": EVIL + "\nline 2",
+                "labeler": self.name,
+                "lower_layer": lower.name,
+                "lower": [g.id for g in feeders],
+            }
 
     c = tiny_run(tmp_path / "run")
     label_run(tmp_path / "run", Evil())
@@ -372,15 +483,24 @@ def test_browser_shows_labels_checks_and_relations(tmp_path, browser):
 @needs_browser
 def test_browser_eval_section(tmp_path, browser):
     from neurflow.artifact import write_json
+
     c = tiny_run(tmp_path / "run")
-    write_json(tmp_path / "run" / "eval" / "fidelity.json", {
-        "experiment": EVIL, "target": c.target, "notes": [EVIL],
-        "layers": [{"layer": EVIL, "n_neurons": 3, "core_mask_accuracy": 0.25}, {"layer": "b", "n_neurons": 4,
-                                                                                "core_mask_accuracy": 0.5}]})
+    write_json(
+        tmp_path / "run" / "eval" / "fidelity.json",
+        {
+            "experiment": EVIL,
+            "target": c.target,
+            "notes": [EVIL],
+            "layers": [
+                {"layer": EVIL, "n_neurons": 3, "core_mask_accuracy": 0.25},
+                {"layer": "b", "n_neurons": 4, "core_mask_accuracy": 0.5},
+            ],
+        },
+    )
     write_json(tmp_path / "run" / "eval" / "fidelity.partial.json", {"options": {}, "units": {}})
     browser.open(write_report(tmp_path / "run"))
     sec = browser.page.locator('[data-eval="fidelity"]')
-    assert sec.count() == 1 and browser.page.locator('[data-eval]').count() == 1   # the partial file is not shown
+    assert sec.count() == 1 and browser.page.locator("[data-eval]").count() == 1  # the partial file is not shown
     assert sec.locator("tr").count() == 3
     text = sec.inner_text()
     assert "<script>alert(1)</script>" in text and "0.25" in text

@@ -4,12 +4,13 @@ Slow tier: two real circuits on the 10,000 marked test images (about 3 minutes o
 The figures are the ones docs/debugging.md reports (docs/shortcut-proof.json, written by
 scripts/shortcut_proof.py); the test recomputes them and checks both the claims and the record.
 """
+
 import json
 from pathlib import Path
 
 import pytest
 
-from neurflow.zoo.shortcut import audit_proof
+from neurflow.shortcut_proof import audit_proof
 
 RECORD = Path(__file__).resolve().parents[1] / "docs" / "shortcut-proof.json"
 
@@ -34,6 +35,7 @@ def test_audit_finds_the_planted_shortcut_and_not_on_the_clean_model(tmp_path):
     # the annotations labeler names the audited mark group by the mark tag (zoo annotations)
     from neurflow import load
     from neurflow.labels import get_labeler, label_run
+
     label_run(tmp_path / "shortcut", get_labeler("annotations", annotations="zoo"))
     label = load(tmp_path / "shortcut").layer(top["layer"]).groups[top["group"]].label
     assert label["text"] == "mark" and label["confidence"] >= 0.9

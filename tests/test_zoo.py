@@ -26,7 +26,7 @@ def test_shipped_weights_reproduce_the_recorded_accuracy():
     assert isinstance(loaded.model, FashionCNN) and loaded.class_names[7] == "Sneaker"
     ds = load_data("zoo:fashion-mnist")
     with torch.no_grad():
-        pred = torch.cat([loaded.model(ds.images[i:i + 2000]).argmax(1) for i in range(0, 10000, 2000)])
+        pred = torch.cat([loaded.model(ds.images[i : i + 2000]).argmax(1) for i in range(0, 10000, 2000)])
     acc = (pred == ds.labels).float().mean().item()
     assert abs(acc - card["test_accuracy"]) <= 0.002
     assert acc >= 0.90
@@ -34,6 +34,7 @@ def test_shipped_weights_reproduce_the_recorded_accuracy():
 
 def test_unknown_zoo_names():
     from neurflow.errors import NeurFlowError
+
     with pytest.raises(NeurFlowError, match="zoo:fashion-cnn"):
         load_model("zoo:fashion-cn")
     with pytest.raises(NeurFlowError, match="zoo:fashion-mnist"):
@@ -47,23 +48,24 @@ def test_efficientnet_lite0_predicts_espresso_for_the_coffee_photo():
     photos = load_data("zoo:photos")
     coffee = photos.files.index("skimage/coffee")
     with torch.no_grad():
-        pred = loaded.model(photos.images[coffee:coffee + 1]).argmax(1).item()
+        pred = loaded.model(photos.images[coffee : coffee + 1]).argmax(1).item()
     assert loaded.class_names[pred] == "espresso"
 
 
 def test_marked_split_records_its_subset():
     from neurflow.zoo import shortcut
+
     ds = load_data("zoo:fashion-mnist-marked")
     clean = load_data("zoo:fashion-mnist")
     record = shortcut.recorded_subset()
     marked = ds.info["marked"]
     assert list(marked) == record["marked"] == list(shortcut.test_marked(clean.labels))  # reproducible
-    assert torch.bincount(ds.labels[torch.as_tensor(marked)]).tolist() == [100] * 10     # 10 % of every class
+    assert torch.bincount(ds.labels[torch.as_tensor(marked)]).tolist() == [100] * 10  # 10 % of every class
     t, l, s = shortcut.MARK_TOP, shortcut.MARK_LEFT, shortcut.MARK_SIZE
-    assert torch.all(ds.images[marked, :, t:t + s, l:l + s] == 1.0)
+    assert torch.all(ds.images[marked, :, t : t + s, l : l + s] == 1.0)
     rest = torch.ones(10000, dtype=torch.bool)
     rest[torch.as_tensor(marked)] = False
-    assert torch.equal(ds.images[rest], clean.images[rest])                 # nothing else changed
+    assert torch.equal(ds.images[rest], clean.images[rest])  # nothing else changed
     changed = (ds.images != clean.images).flatten(1).any(1)
     assert not changed[rest].any() and changed[marked].float().mean() > 0.5
     assert shortcut.contains_mark((0, 0, 14, 14), True) and not shortcut.contains_mark((0, 0, 14, 14), False)
@@ -72,6 +74,7 @@ def test_marked_split_records_its_subset():
 
 def test_shortcut_model_leans_on_the_mark_as_recorded():
     from neurflow.zoo import shortcut
+
     card = json.loads((resources.files("neurflow.zoo") / "weights" / "accuracy-shortcut.json").read_text())
     model = load_model("zoo:fashion-cnn-shortcut").model
     eff = shortcut.mark_effect(model)
@@ -79,4 +82,4 @@ def test_shortcut_model_leans_on_the_mark_as_recorded():
     assert abs(eff["clean_target_recall"] - card["clean_target_recall"]) <= 0.002
     assert eff["marked_others_to_target"] > 0.3 > 0.01 > eff["clean_others_to_target"]
     clean = shortcut.mark_effect(load_model("zoo:fashion-cnn").model)
-    assert clean["marked_others_to_target"] < 0.01                         # the clean model ignores it
+    assert clean["marked_others_to_target"] < 0.01  # the clean model ignores it

@@ -7,6 +7,7 @@ pool (or ``max_crops`` of it drawn with the seed, plus the node's exemplars).  M
 that matter lowers the overlap.  Nodes: the class node, and for the layers below the ``nodes``
 nodes that receive the largest importance from the layer above.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,17 +15,29 @@ import time
 import numpy as np
 import torch
 
-from ..layers import preserved, response
+from ..probe import preserved, response
 from ..progress import progress
-from .common import (Checkpoint, Context, channels, eval_crops, ig_importance, knockoff_statistics,
-                     layer_responses, masked_responses, masks_for, node_responses, pearson, save, topk_overlap)
+from .common import (
+    Checkpoint,
+    Context,
+    channels,
+    eval_crops,
+    ig_importance,
+    knockoff_statistics,
+    layer_responses,
+    masked,
+    node_responses,
+    pearson,
+    save,
+    topk_overlap,
+)
 
 
 def pick_nodes(ctx: Context, i: int) -> list[int]:
-    layer = ctx.circuit.layers[i]
+    layer = ctx.run.circuit.layers[i]
     if i == 0:
-        return [ctx.target]
-    above = ctx.circuit.layers[i - 1]
+        return [ctx.run.target]
+    above = ctx.run.circuit.layers[i - 1]
     got: dict = {}
     for node in above.nodes.values():
         for j, imp in zip(node.core, node.importance or [1.0] * len(node.core)):
@@ -34,7 +47,7 @@ def pick_nodes(ctx: Context, i: int) -> list[int]:
 
 
 def _k(ctx: Context) -> int:
-    return int(ctx.circuit.settings.get("top_k", 50))
+    return ctx.run.config.top_k
 
 
 def _subsets(ctx: Context, c_low: int, rng) -> list[list[int]]:
@@ -52,13 +65,13 @@ def _scores(ctx: Context, upper: str, lower: str, node: int, sets: list, desc: s
     # the evaluation crops depend on the seed only, so every experiment measures on the same crops
     crops = eval_crops(ctx, np.argsort(-before_all, kind="stable")[:k], np.random.RandomState(ctx.opts.seed + 1))
     before = before_all[crops]
-    after = masked_responses(ctx, upper, lower, node, masks_for(sets, channels(ctx, lower)), crops, desc)
+    after = masked(ctx, upper, lower, node, sets, crops, desc)
     return [topk_overlap(before, a, k) for a in after]
 
 
 def _pairs(ctx: Context, deep: bool = True) -> list[tuple[int, str, str, int]]:
-    layers = ctx.circuit.layers
-    out = [(0, layers[0].name, layers[0].lower, ctx.target)]
+    layers = ctx.run.circuit.layers
+    out = [(0, layers[0].name, layers[0].lower, ctx.run.target)]
     if deep and len(layers) > 1:
         out += [(1, layers[1].name, layers[1].lower, n) for n in pick_nodes(ctx, 1)]
     return out
@@ -67,9 +80,11 @@ def _pairs(ctx: Context, deep: bool = True) -> list[tuple[int, str, str, int]]:
 def edge_correlation(ctx: Context) -> dict:
     """E3 and E5: r(score, sum of the subset's IG importances) and r(score, their mean)."""
     o = ctx.opts
-    ck = Checkpoint(ctx.dir, "edge-correlation", o.key("subsets", "sizes", "max_crops", "nodes", "seed"), ctx.identity)
+    ck = Checkpoint(
+        ctx.run.dir, "edge-correlation", o.key("subsets", "sizes", "max_crops", "nodes", "seed"), ctx.run.identity
+    )
     rows = []
-    for i, upper, lower, node in _pairs(ctx):
+    for _i, upper, lower, node in _pairs(ctx):
         unit = f"{upper}:{node}"
         row = ck.get(unit)
         if row is None:
@@ -79,13 +94,23 @@ def edge_correlation(ctx: Context) -> dict:
             scores = _scores(ctx, upper, lower, node, sets, f"E3 {upper}/{node}")
             total = [float(imp[s].sum()) for s in sets]
             mean = [float(imp[s].mean()) for s in sets]
-            row = {"layer": upper, "lower": lower, "node": node, "n_subsets": len(sets),
-                   "pearson_sum": pearson(total, scores), "pearson_mean": pearson(mean, scores),
-                   "points": [[len(s), t, sc] for s, t, sc in zip(sets, total, scores)]}
+            row = {
+                "layer": upper,
+                "lower": lower,
+                "node": node,
+                "n_subsets": len(sets),
+                "pearson_sum": pearson(total, scores),
+                "pearson_mean": pearson(mean, scores),
+                "points": [[len(s), t, sc] for s, t, sc in zip(sets, total, scores)],
+            }
             ck.put(unit, row)
         rows.append(row)
-    result = {"experiment": "edge weights (E3) and aggregation (E5)", "target": ctx.target, "nodes": rows,
-              "options": o.key("subsets", "sizes", "max_crops", "nodes", "seed")}
+    result = {
+        "experiment": "edge weights (E3) and aggregation (E5)",
+        "target": ctx.run.target,
+        "nodes": rows,
+        "options": o.key("subsets", "sizes", "max_crops", "nodes", "seed"),
+    }
     ck.done()
     ctx.cache["edge-correlation"] = result
 
@@ -95,21 +120,33 @@ def edge_correlation(ctx: Context) -> dict:
             p = np.asarray(row["points"], float)
             sc = ax.scatter(p[:, 1], p[:, 2], c=np.log(p[:, 0]), s=8, cmap="viridis")
             ax.set_xlabel("sum of the subset's IG importance")
-            ax.set_title(f"{row['layer']}/{row['node']}: r = {row['pearson_sum']:.2f} (mean: {row['pearson_mean']:.2f})"
-                         if row["pearson_sum"] is not None else f"{row['layer']}/{row['node']}", fontsize=9)
+            ax.set_title(
+                f"{row['layer']}/{row['node']}: r = {row['pearson_sum']:.2f} (mean: {row['pearson_mean']:.2f})"
+                if row["pearson_sum"] is not None
+                else f"{row['layer']}/{row['node']}",
+                fontsize=9,
+            )
         axes[0][0].set_ylabel("top-k overlap after masking")
         fig.colorbar(sc, ax=axes[0][-1], label="log subset size")
         return fig
-    return save(ctx.dir, "edge-correlation", result, plot)
+
+    return save(ctx.run.dir, "edge-correlation", result, plot)
 
 
 def aggregation(ctx: Context) -> dict:
     """E5 on its own: the sum/mean comparison of E3 for every chosen node."""
-    r = ctx.cache.get("edge-correlation") or edge_correlation(ctx)   # E3's result of this context, or run it
-    rows = [{k: row[k] for k in ("layer", "lower", "node", "n_subsets", "pearson_sum", "pearson_mean")}
-            for row in r["nodes"]]
-    result = {"experiment": "aggregation: sum vs mean (E5)", "target": ctx.target, "nodes": rows,
-              "options": r["options"], "notes": ["computed from the edge-correlation (E3) subsets"]}
+    r = ctx.cache.get("edge-correlation") or edge_correlation(ctx)  # E3's result of this context, or run it
+    rows = [
+        {k: row[k] for k in ("layer", "lower", "node", "n_subsets", "pearson_sum", "pearson_mean")}
+        for row in r["nodes"]
+    ]
+    result = {
+        "experiment": "aggregation: sum vs mean (E5)",
+        "target": ctx.run.target,
+        "nodes": rows,
+        "options": r["options"],
+        "notes": ["computed from the edge-correlation (E3) subsets"],
+    }
 
     def plot(plt, res):
         fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -121,7 +158,8 @@ def aggregation(ctx: Context) -> dict:
         ax.axhline(0, color="#999", lw=0.8)
         ax.legend()
         return fig
-    return save(ctx.dir, "aggregation", result, plot)
+
+    return save(ctx.run.dir, "aggregation", result, plot)
 
 
 class _Node(torch.nn.Module):
@@ -133,8 +171,10 @@ class _Node(torch.nn.Module):
 
     def forward(self, x):
         # captum may stack several copies of the batch (noise samples, baselines): the extras follow
-        ex = [e.repeat(x.shape[0] // e.shape[0], *([1] * (e.ndim - 1))) if x.shape[0] != e.shape[0] else e
-              for e in self.extras]
+        ex = [
+            e.repeat(x.shape[0] // e.shape[0], *([1] * (e.ndim - 1))) if x.shape[0] != e.shape[0] else e
+            for e in self.extras
+        ]
         return response(self.segment(x, *ex))[:, self.node]
 
 
@@ -144,8 +184,10 @@ def methods(ctx: Context) -> dict:
         import captum.attr as ca
     except ImportError:
         from ..errors import NeurFlowError
-        raise NeurFlowError("EXPERIMENT", "captum installed for the methods experiment (E4)", "methods",
-                            "pip install 'neurflow[eval]'") from None
+
+        raise NeurFlowError(
+            "EXPERIMENT", "captum installed for the methods experiment (E4)", "methods", "pip install 'neurflow[eval]'"
+        ) from None
     o = ctx.opts
     i, upper, lower, node = _pairs(ctx, deep=False)[0]
     k = _k(ctx)
@@ -156,9 +198,9 @@ def methods(ctx: Context) -> dict:
     timing = {"integrated_gradients": time.perf_counter() - t0}
     sets = _subsets(ctx, len(ig), rng)
     scores = _scores(ctx, upper, lower, node, sets, f"E4 {upper}/{node}")
-    prefix, segment = ctx.graph.prefix(lower, upper), ctx.graph.segment(lower, upper)
+    prefix, segment = ctx.run.graph.prefix(lower, upper), ctx.run.graph.segment(lower, upper)
     with torch.no_grad():
-        acts, *extras = prefix(ctx.pool.get(ex).to(o.device))
+        acts, *extras = prefix(ctx.run.pool.get(ex).to(ctx.run.config.device))
     wrapper = _Node(segment, extras, node)
     imps = {"integrated_gradients": ig}
     notes = []
@@ -167,14 +209,21 @@ def methods(ctx: Context) -> dict:
         "guided_backprop": lambda: ca.GuidedBackprop(wrapper).attribute(acts.clone().requires_grad_(True)),
         "lrp": lambda: ca.LRP(wrapper).attribute(acts.clone().requires_grad_(True)),
         "smoothgrad_ig": lambda: ca.NoiseTunnel(ca.IntegratedGradients(wrapper)).attribute(
-            acts.clone(), nt_type="smoothgrad", nt_samples=5, stdevs=float(acts.std()) * 0.1, n_steps=20,
-            internal_batch_size=o.batch_size),
+            acts.clone(),
+            nt_type="smoothgrad",
+            nt_samples=5,
+            stdevs=float(acts.std()) * 0.1,
+            n_steps=20,
+            internal_batch_size=ctx.run.config.batch_size,
+        ),
         "gradient_shap": lambda: ca.GradientShap(wrapper).attribute(
-            acts.clone(), baselines=torch.stack([torch.zeros_like(acts[0]), acts.mean(0)]), n_samples=20),
+            acts.clone(), baselines=torch.stack([torch.zeros_like(acts[0]), acts.mean(0)]), n_samples=20
+        ),
     }
     import warnings
-    with preserved(ctx.model, freeze=True), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # captum's notes on hooks and internal batch sizes
+
+    with preserved(ctx.run.model, freeze=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # captum's notes on hooks and internal batch sizes
         for name, fn in tries.items():
             t0 = time.perf_counter()
             try:
@@ -188,16 +237,26 @@ def methods(ctx: Context) -> dict:
     crops = eval_crops(ctx, ex, np.random.RandomState(o.seed + 1))
     try:
         t0 = time.perf_counter()
-        x = layer_responses(ctx, lower, ctx.pool.get(crops))
+        x = layer_responses(ctx, lower, ctx.run.pool.get(crops))
         imps["knockoffs"] = knockoff_statistics(x, node_responses(ctx, upper, node)[crops], o.seed)
         timing["knockoffs"] = time.perf_counter() - t0
     except ImportError:
         notes.append("knockoffs: skipped, knockpy is not installed (pip install knockpy)")
-    rows = [{"method": m, "pearson": pearson([float(v[s].sum()) for s in sets], scores),
-             "seconds": round(timing[m], 4)} for m, v in imps.items()]
-    result = {"experiment": "attribution methods (E4)", "target": ctx.target, "layer": upper, "lower": lower,
-              "node": node, "n_subsets": len(sets), "methods": rows, "notes": notes,
-              "options": o.key("subsets", "sizes", "max_crops", "seed")}
+    rows = [
+        {"method": m, "pearson": pearson([float(v[s].sum()) for s in sets], scores), "seconds": round(timing[m], 4)}
+        for m, v in imps.items()
+    ]
+    result = {
+        "experiment": "attribution methods (E4)",
+        "target": ctx.run.target,
+        "layer": upper,
+        "lower": lower,
+        "node": node,
+        "n_subsets": len(sets),
+        "methods": rows,
+        "notes": notes,
+        "options": o.key("subsets", "sizes", "max_crops", "seed"),
+    }
 
     def plot(plt, r):
         fig, ax = plt.subplots(figsize=(6.5, 3.4))
@@ -207,17 +266,18 @@ def methods(ctx: Context) -> dict:
         ax.axvline(0, color="#999", lw=0.8)
         ax.set_title(r["experiment"])
         return fig
-    return save(ctx.dir, "methods", result, plot)
+
+    return save(ctx.run.dir, "methods", result, plot)
 
 
 def optimality(ctx: Context) -> dict:
     """E6: the core set's top-k overlap after masking vs random sets of the same size."""
     o = ctx.opts
-    ck = Checkpoint(ctx.dir, "optimality", o.key("random_sets", "max_crops", "nodes", "seed"), ctx.identity)
+    ck = Checkpoint(ctx.run.dir, "optimality", o.key("random_sets", "max_crops", "nodes", "seed"), ctx.run.identity)
     rows = []
-    jobs = [(i, n) for i in range(len(ctx.circuit.layers)) for n in pick_nodes(ctx, i)]
+    jobs = [(i, n) for i in range(len(ctx.run.circuit.layers)) for n in pick_nodes(ctx, i)]
     for i, node in jobs:
-        layer = ctx.circuit.layers[i]
+        layer = ctx.run.circuit.layers[i]
         unit = f"{layer.name}:{node}"
         row = ck.get(unit)
         if row is None:
@@ -227,47 +287,74 @@ def optimality(ctx: Context) -> dict:
             sets = [core] + [sorted(rng.choice(width, len(core), replace=False).tolist()) for _ in range(o.random_sets)]
             s = _scores(ctx, layer.name, layer.lower, node, sets, f"E6 {layer.name}/{node}")
             rand = np.asarray(s[1:])
-            row = {"layer": layer.name, "lower": layer.lower, "node": node, "core_size": len(core),
-                   "core_overlap": s[0], "random_overlap_mean": float(rand.mean()),
-                   "random_overlap_min": float(rand.min()),
-                   "share_random_at_or_above_core": float((rand >= s[0]).mean()), "random": rand.tolist()}
+            row = {
+                "layer": layer.name,
+                "lower": layer.lower,
+                "node": node,
+                "core_size": len(core),
+                "core_overlap": s[0],
+                "random_overlap_mean": float(rand.mean()),
+                "random_overlap_min": float(rand.min()),
+                "share_random_at_or_above_core": float((rand >= s[0]).mean()),
+                "random": rand.tolist(),
+            }
             ck.put(unit, row)
         rows.append(row)
-    result = {"experiment": "optimality of the core set (E6)", "target": ctx.target, "nodes": rows,
-              "options": o.key("random_sets", "max_crops", "nodes", "seed")}
+    result = {
+        "experiment": "optimality of the core set (E6)",
+        "target": ctx.run.target,
+        "nodes": rows,
+        "options": o.key("random_sets", "max_crops", "nodes", "seed"),
+    }
     ck.done()
 
     def plot(plt, r):
         fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(r["nodes"]), 3.6))
         ax.boxplot([row["random"] for row in r["nodes"]], showfliers=True)
-        ax.scatter(np.arange(1, len(r["nodes"]) + 1), [row["core_overlap"] for row in r["nodes"]], color="#c62828",
-                   zorder=3, label="core set")
-        ax.set_xticks(np.arange(1, len(r["nodes"]) + 1), [f"{row['layer']}/{row['node']}" for row in r["nodes"]],
-                      rotation=20)
+        ax.scatter(
+            np.arange(1, len(r["nodes"]) + 1),
+            [row["core_overlap"] for row in r["nodes"]],
+            color="#c62828",
+            zorder=3,
+            label="core set",
+        )
+        ax.set_xticks(
+            np.arange(1, len(r["nodes"]) + 1), [f"{row['layer']}/{row['node']}" for row in r["nodes"]], rotation=20
+        )
         ax.set_ylabel("top-k overlap after masking")
         ax.legend(fontsize=8)
         ax.set_title(r["experiment"])
         return fig
-    return save(ctx.dir, "optimality", result, plot)
+
+    return save(ctx.run.dir, "optimality", result, plot)
 
 
 def k_impact(ctx: Context) -> dict:
     """E8: overlap of the top-tau core set at k with the one at the run's k (50 in the paper)."""
     o = ctx.opts
     _, upper, lower, node = _pairs(ctx, deep=False)[0]
-    tau = int(ctx.circuit.settings.get("tau", 16))
-    ref_k = _k(ctx)                      # the run's k (the paper: 50)
-    ks = sorted({k for k in o.ks if 1 <= k <= len(ctx.pool)} | {ref_k})
+    tau = ctx.run.config.tau
+    ref_k = _k(ctx)  # the run's k (the paper: 50)
+    ks = sorted({k for k in o.ks if 1 <= k <= len(ctx.run.pool)} | {ref_k})
     sets = {}
-    bar = progress(total=len(ks), desc="E8 k", quiet=o.quiet, unit="k")
+    bar = progress(total=len(ks), desc="E8 k", quiet=ctx.run.quiet, unit="k")
     for k in ks:
         bar.update(1)
         _, imp = ig_importance(ctx, upper, lower, node, k)
         sets[k] = set(np.argsort(-imp, kind="stable")[:tau].tolist())
     bar.close()
     rows = [{"k": k, "overlap_with_reference": len(sets[k] & sets[ref_k]) / tau} for k in ks]
-    result = {"experiment": "impact of k (E8)", "target": ctx.target, "layer": upper, "lower": lower, "node": node,
-              "tau": tau, "reference_k": ref_k, "ks": rows, "options": o.key("ks")}
+    result = {
+        "experiment": "impact of k (E8)",
+        "target": ctx.run.target,
+        "layer": upper,
+        "lower": lower,
+        "node": node,
+        "tau": tau,
+        "reference_k": ref_k,
+        "ks": rows,
+        "options": o.key("ks"),
+    }
 
     def plot(plt, r):
         fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -278,12 +365,13 @@ def k_impact(ctx: Context) -> dict:
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(r["experiment"])
         return fig
-    return save(ctx.dir, "k", result, plot)
+
+    return save(ctx.run.dir, "k", result, plot)
 
 
 def _weight_for(ctx: Context, upper: str, c_low: int):
     """The first weight of module ``upper`` that maps the lower channels ([C_up, C_low, ...])."""
-    for name, p in ctx.model.get_submodule(upper).named_parameters():
+    for name, p in ctx.run.model.get_submodule(upper).named_parameters():
         if p.ndim >= 2 and p.shape[1] == c_low:
             return name, p.detach()
     return None, None
@@ -299,24 +387,40 @@ def weight_norm(ctx: Context) -> dict:
         if w is None or node >= w.shape[0]:
             notes.append(f"{upper}: no weight of the module maps {lower}'s {width} channels directly; skipped")
             continue
-        core = list(ctx.circuit.layers[i].nodes[node].core)
+        core = list(ctx.run.circuit.layers[i].nodes[node].core)
         norms = w[node].flatten(1).norm(dim=1).double().numpy() if w.ndim > 2 else w[node].abs().double().numpy()
         by_norm = sorted(np.argsort(-norms, kind="stable")[: len(core)].tolist())
         s = _scores(ctx, upper, lower, node, [core, by_norm], f"E11 {upper}/{node}")
-        rows.append({"layer": upper, "lower": lower, "node": node, "weight": pname, "core_size": len(core),
-                     "set_overlap": len(set(core) & set(by_norm)) / len(core),
-                     "ig_core_topk_overlap_after_masking": s[0], "weight_norm_topk_overlap_after_masking": s[1]})
-    result = {"experiment": "IG vs filter-weight norm (E11)", "target": ctx.target, "nodes": rows, "notes": notes,
-              "options": o.key("max_crops", "nodes", "seed")}
+        rows.append(
+            {
+                "layer": upper,
+                "lower": lower,
+                "node": node,
+                "weight": pname,
+                "core_size": len(core),
+                "set_overlap": len(set(core) & set(by_norm)) / len(core),
+                "ig_core_topk_overlap_after_masking": s[0],
+                "weight_norm_topk_overlap_after_masking": s[1],
+            }
+        )
+    result = {
+        "experiment": "IG vs filter-weight norm (E11)",
+        "target": ctx.run.target,
+        "nodes": rows,
+        "notes": notes,
+        "options": o.key("max_crops", "nodes", "seed"),
+    }
 
     def plot(plt, r):
         fig, ax = plt.subplots(figsize=(6, 3.4))
         x = np.arange(len(r["nodes"]))
         ax.bar(x - 0.2, [row["ig_core_topk_overlap_after_masking"] for row in r["nodes"]], 0.4, label="IG core set")
-        ax.bar(x + 0.2, [row["weight_norm_topk_overlap_after_masking"] for row in r["nodes"]], 0.4,
-               label="weight-norm set")
+        ax.bar(
+            x + 0.2, [row["weight_norm_topk_overlap_after_masking"] for row in r["nodes"]], 0.4, label="weight-norm set"
+        )
         ax.set_xticks(x, [f"{row['layer']}/{row['node']}" for row in r["nodes"]])
         ax.set_ylabel("top-k overlap after masking (lower: more faithful)")
         ax.legend(fontsize=8)
         return fig
-    return save(ctx.dir, "weight-norm", result, plot)
+
+    return save(ctx.run.dir, "weight-norm", result, plot)

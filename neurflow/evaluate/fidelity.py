@@ -8,13 +8,14 @@ E2: the same with NeuronMCT's channels (ranked by mean |IG| of the class logit w
 activation over class images) in place of the random sets (the published script never applied
 this mask).  E10: how much the NeurFlow sets and the NeuronMCT sets overlap.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from ..attribution import integrated_gradients
-from ..layers import preserved
+from ..probe import preserved
 from ..progress import progress
 from .common import Checkpoint, Context, channels, class_accuracy, knockoff_statistics, layer_responses, save
 
@@ -25,43 +26,61 @@ def _complement(chans, width: int) -> list[int]:
 
 
 def _layers(ctx: Context) -> list[str]:
-    return ctx.layer_names[1:]          # every layer below the class layer, the input layer last
+    return ctx.run.layer_names[1:]  # every layer below the class layer, the input layer last
 
 
 def fidelity(ctx: Context) -> dict:
     o = ctx.opts
-    ck = Checkpoint(ctx.dir, "fidelity", o.key("draws", "seed"), ctx.identity)
+    ck = Checkpoint(ctx.run.dir, "fidelity", o.key("draws", "seed"), ctx.run.identity)
     rng = np.random.RandomState(o.seed)
     widths = {n: channels(ctx, n) for n in _layers(ctx)}
-    sets = {n: ctx.node_set(n) for n in _layers(ctx)}
+    sets = {n: ctx.run.node_set(n) for n in _layers(ctx)}
     rows, multi = [], []
-    bar = progress(total=2 * len(sets), desc="fidelity", quiet=o.quiet, unit="layer")
+    bar = progress(total=2 * len(sets), desc="fidelity", quiet=ctx.run.quiet, unit="layer")
     for mode in ("single", "multi"):
         for i, name in enumerate(_layers(ctx)):
             unit = f"{mode}:{name}"
             row = ck.get(unit)
             if row is None:
                 scope = [name] if mode == "single" else _layers(ctx)[: i + 1]
-                draws = [{n: sorted(rng.choice(widths[n], len(sets[n]), replace=False).tolist()) for n in scope}
-                         for _ in range(o.draws)]
-                row = {"layer": name, "n_neurons": len(sets[name]), "n_channels": widths[name],
-                       "layers_intervened": scope,
-                       "core_mask_accuracy": class_accuracy(ctx, {n: sets[n] for n in scope}),
-                       "core_retain_accuracy": class_accuracy(ctx, {n: _complement(sets[n], widths[n]) for n in scope})}
+                draws = [
+                    {n: sorted(rng.choice(widths[n], len(sets[n]), replace=False).tolist()) for n in scope}
+                    for _ in range(o.draws)
+                ]
+                row = {
+                    "layer": name,
+                    "n_neurons": len(sets[name]),
+                    "n_channels": widths[name],
+                    "layers_intervened": scope,
+                    "core_mask_accuracy": class_accuracy(ctx, {n: sets[n] for n in scope}),
+                    "core_retain_accuracy": class_accuracy(ctx, {n: _complement(sets[n], widths[n]) for n in scope}),
+                }
                 rm = [class_accuracy(ctx, d) for d in draws]
                 rr = [class_accuracy(ctx, {n: _complement(d[n], widths[n]) for n in scope}) for d in draws]
-                row.update({"random_mask_accuracy": float(np.mean(rm)), "random_mask_std": float(np.std(rm)),
-                            "random_retain_accuracy": float(np.mean(rr)), "random_retain_std": float(np.std(rr)),
-                            "draws": o.draws})
+                row.update(
+                    {
+                        "random_mask_accuracy": float(np.mean(rm)),
+                        "random_mask_std": float(np.std(rm)),
+                        "random_retain_accuracy": float(np.mean(rr)),
+                        "random_retain_std": float(np.std(rr)),
+                        "draws": o.draws,
+                    }
+                )
                 ck.put(unit, row)
             (rows if mode == "single" else multi).append(row)
             bar.update(1)
     bar.close()
-    result = {"experiment": "fidelity (E1)", "target": ctx.target, "baseline_accuracy": class_accuracy(ctx),
-              "n_class_images": int(ctx.images.shape[0]), "layers": rows, "multi_layer": multi,
-              "options": o.key("draws", "seed")}
+    result = {
+        "experiment": "fidelity (E1)",
+        "target": ctx.run.target,
+        "baseline_accuracy": class_accuracy(ctx),
+        "n_class_images": int(ctx.run.class_images.shape[0]),
+        "layers": rows,
+        "multi_layer": multi,
+        "options": o.key("draws", "seed"),
+    }
     ck.done()
-    return save(ctx.dir, "fidelity", result, _plot_fidelity)
+    return save(ctx.run.dir, "fidelity", result, _plot_fidelity)
 
 
 def _plot_fidelity(plt, r, keys=("core", "random")):
@@ -69,7 +88,7 @@ def _plot_fidelity(plt, r, keys=("core", "random")):
     for ax, part, title in zip(axes, ("layers", "multi_layer"), ("single layer", "this layer and all above")):
         names = [row["layer"] for row in r[part]]
         x = np.arange(len(names))
-        for j, (what, style) in enumerate((("mask", "-"), ("retain", "--"))):
+        for _j, (what, style) in enumerate((("mask", "-"), ("retain", "--"))):
             for key, colour in zip(keys, ("#c62828", "#607d8b")):
                 y = [row[f"{key}_{what}_accuracy"] for row in r[part]]
                 err = [row.get(f"{key}_{what}_std", 0) for row in r[part]]
@@ -85,19 +104,19 @@ def _plot_fidelity(plt, r, keys=("core", "random")):
 
 def mct_ranking(ctx: Context, name: str, n_images: int, rng) -> np.ndarray:
     """NeuronMCT: channels of ``name`` ranked by mean |IG| of the class logit over class images."""
-    top = ctx.layer_names[0]
-    idx = np.arange(ctx.images.shape[0])
+    top = ctx.run.layer_names[0]
+    idx = np.arange(ctx.run.class_images.shape[0])
     if n_images and len(idx) > n_images:
         idx = np.sort(rng.choice(idx, n_images, replace=False))
-    prefix, segment = ctx.graph.prefix(name, top), ctx.graph.segment(name, top)
+    prefix, segment = ctx.run.graph.prefix(name, top), ctx.run.graph.segment(name, top)
     total = None
-    cfg = ctx.config()
-    with preserved(ctx.model, freeze=True):
+    cfg = ctx.run.config
+    with preserved(ctx.run.model, freeze=True):
         for start in range(0, len(idx), cfg.batch_size):
-            x = ctx.images[torch.from_numpy(idx[start:start + cfg.batch_size])].to(cfg.device)
+            x = ctx.run.class_images[torch.from_numpy(idx[start : start + cfg.batch_size])].to(cfg.device)
             with torch.no_grad():
                 acts, *extras = prefix(x)
-            res = integrated_gradients(segment, acts, extras, [[ctx.target]] * len(x), cfg.ig_steps, cfg.batch_size)
+            res = integrated_gradients(segment, acts, extras, [[ctx.run.target]] * len(x), cfg.ig_steps, cfg.batch_size)
             s = np.abs(np.concatenate(res.scores)).sum(axis=0)
             total = s if total is None else total + s
     return np.argsort(-total / len(idx), kind="stable")
@@ -105,55 +124,72 @@ def mct_ranking(ctx: Context, name: str, n_images: int, rng) -> np.ndarray:
 
 def mct(ctx: Context) -> dict:
     o = ctx.opts
-    ck = Checkpoint(ctx.dir, "mct", o.key("max_images", "seed"), ctx.identity)
+    ck = Checkpoint(ctx.run.dir, "mct", o.key("max_images", "seed"), ctx.run.identity)
     rng = np.random.RandomState(o.seed)
     rows = []
-    bar = progress(total=len(_layers(ctx)), desc="mct", quiet=o.quiet, unit="layer")
+    bar = progress(total=len(_layers(ctx)), desc="mct", quiet=ctx.run.quiet, unit="layer")
     for name in _layers(ctx):
         bar.update(1)
         row = ck.get(name)
         if row is None:
-            core = ctx.node_set(name)
+            core = ctx.run.node_set(name)
             width = channels(ctx, name)
             ranking = mct_ranking(ctx, name, o.max_images, rng)
             chosen = sorted(int(c) for c in ranking[: len(core)])
-            row = {"layer": name, "n_neurons": len(core), "n_channels": width,
-                   "core_mask_accuracy": class_accuracy(ctx, {name: core}),
-                   "core_retain_accuracy": class_accuracy(ctx, {name: _complement(core, width)}),
-                   "mct_mask_accuracy": class_accuracy(ctx, {name: chosen}),
-                   "mct_retain_accuracy": class_accuracy(ctx, {name: _complement(chosen, width)}),
-                   "mct_neurons": chosen, "core_neurons": core}
+            row = {
+                "layer": name,
+                "n_neurons": len(core),
+                "n_channels": width,
+                "core_mask_accuracy": class_accuracy(ctx, {name: core}),
+                "core_retain_accuracy": class_accuracy(ctx, {name: _complement(core, width)}),
+                "mct_mask_accuracy": class_accuracy(ctx, {name: chosen}),
+                "mct_retain_accuracy": class_accuracy(ctx, {name: _complement(chosen, width)}),
+                "mct_neurons": chosen,
+                "core_neurons": core,
+            }
             ck.put(name, row)
         rows.append(row)
     bar.close()
-    result = {"experiment": "NeuronMCT (E2)", "target": ctx.target, "layers": rows,
-              "options": o.key("max_images", "seed")}
+    result = {
+        "experiment": "NeuronMCT (E2)",
+        "target": ctx.run.target,
+        "layers": rows,
+        "options": o.key("max_images", "seed"),
+    }
     ck.done()
-    return save(ctx.dir, "mct", result, lambda plt, r: _plot_fidelity(
-        plt, {**r, "multi_layer": r["layers"]}, keys=("core", "mct")))
+    return save(
+        ctx.run.dir,
+        "mct",
+        result,
+        lambda plt, r: _plot_fidelity(plt, {**r, "multi_layer": r["layers"]}, keys=("core", "mct")),
+    )
 
 
 def overlap(ctx: Context) -> dict:
     o = ctx.opts
     rng = np.random.RandomState(o.seed)
     rows, notes = [], []
-    idx = np.arange(ctx.images.shape[0])
+    idx = np.arange(ctx.run.class_images.shape[0])
     if o.max_images and len(idx) > o.max_images:
         idx = np.sort(np.random.RandomState(o.seed).choice(idx, o.max_images, replace=False))
-    sample = ctx.images[torch.from_numpy(idx)]
-    logit = layer_responses(ctx, ctx.layer_names[0], sample)[:, ctx.target]
-    bar = progress(total=len(_layers(ctx)), desc="overlap", quiet=o.quiet, unit="layer")
+    sample = ctx.run.class_images[torch.from_numpy(idx)]
+    logit = layer_responses(ctx, ctx.run.layer_names[0], sample)[:, ctx.run.target]
+    bar = progress(total=len(_layers(ctx)), desc="overlap", quiet=ctx.run.quiet, unit="layer")
     for name in _layers(ctx):
         bar.update(1)
-        core = set(ctx.node_set(name))
+        core = set(ctx.run.node_set(name))
         ranking = mct_ranking(ctx, name, o.max_images, rng)
         chosen = set(int(c) for c in ranking[: len(core)])
         inter = len(core & chosen)
-        row = {"layer": name, "n_neurons": len(core), "n_channels": channels(ctx, name),
-               "neurflow_mct_overlap": inter / len(core) if core else 0.0,
-               "neurflow_mct_jaccard": inter / len(core | chosen) if core else 0.0,
-               "chance_overlap": len(core) / channels(ctx, name)}
-        try:   # knockoffs: the layer's responses to class images as features, the class logit as target
+        row = {
+            "layer": name,
+            "n_neurons": len(core),
+            "n_channels": channels(ctx, name),
+            "neurflow_mct_overlap": inter / len(core) if core else 0.0,
+            "neurflow_mct_jaccard": inter / len(core | chosen) if core else 0.0,
+            "chance_overlap": len(core) / channels(ctx, name),
+        }
+        try:  # knockoffs: the layer's responses to class images as features, the class logit as target
             w = knockoff_statistics(layer_responses(ctx, name, sample), logit, o.seed)
             knock = set(int(c) for c in np.argsort(-w, kind="stable")[: len(core)])
             row["neurflow_knockoff_overlap"] = len(core & knock) / len(core) if core else 0.0
@@ -163,22 +199,36 @@ def overlap(ctx: Context) -> dict:
                 notes.append("knockoffs skipped: knockpy is not installed (pip install knockpy)")
         rows.append(row)
     bar.close()
-    result = {"experiment": "overlap of selection methods (E10)", "target": ctx.target, "layers": rows,
-              "notes": notes, "options": o.key("max_images", "seed")}
+    result = {
+        "experiment": "overlap of selection methods (E10)",
+        "target": ctx.run.target,
+        "layers": rows,
+        "notes": notes,
+        "options": o.key("max_images", "seed"),
+    }
 
     def plot(plt, r):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         x = np.arange(len(r["layers"]))
-        keys = [("neurflow_mct_overlap", "NeurFlow vs NeuronMCT"), ("neurflow_knockoff_overlap", "NeurFlow vs knockoffs"),
-                ("chance_overlap", "chance")]
+        keys = [
+            ("neurflow_mct_overlap", "NeurFlow vs NeuronMCT"),
+            ("neurflow_knockoff_overlap", "NeurFlow vs knockoffs"),
+            ("chance_overlap", "chance"),
+        ]
         keys = [kv for kv in keys if kv[0] in r["layers"][0]]
         width = 0.8 / len(keys)
         for j, (key, label) in enumerate(keys):
-            ax.bar(x - 0.4 + width * (j + 0.5), [row[key] for row in r["layers"]], width, label=label,
-                   color="#bbb" if key == "chance_overlap" else None)
+            ax.bar(
+                x - 0.4 + width * (j + 0.5),
+                [row[key] for row in r["layers"]],
+                width,
+                label=label,
+                color="#bbb" if key == "chance_overlap" else None,
+            )
         ax.set_xticks(x, [row["layer"] for row in r["layers"]], rotation=20)
         ax.set_ylabel("share of the core set also selected")
         ax.legend(fontsize=8)
         ax.set_title(r["experiment"])
         return fig
-    return save(ctx.dir, "overlap", result, plot)
+
+    return save(ctx.run.dir, "overlap", result, plot)

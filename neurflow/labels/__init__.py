@@ -8,53 +8,92 @@
 class layer), runs the caption check where the labeler can judge crops, captions the relations
 of traced groups with the lower groups that feed them where the labeler can, and only then
 writes the labels into ``circuit.json`` (atomically, in one step): an error on the way leaves the
-artifact as it was.  Register another back-end with ``register(name, cls)``.
+artifact as it was.  Register another back-end with ``register(name, "module:Class", help, options)``.
 """
+
 from __future__ import annotations
 
-import json
+import dataclasses
+import importlib
+import inspect
 import logging
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
-from ..artifact import write_json
 from ..errors import NeurFlowError, unknown_name
 from ..progress import progress
-from .base import Label, Labeler, RunView, caption_check
+from ..run import Run
+from .base import Label, Labeler, caption_check
 
 log = logging.getLogger(__name__)
 
-LABELERS: dict = {}
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered labeler: ``target`` is "module:Class" (imported when used), ``options`` its
+    constructor keywords that a user sets (keyword -> (type, help)); the CLI makes one flag of each."""
+
+    target: str
+    help: str
+    options: Mapping = field(default_factory=dict)
+
+    def cls(self):
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def defaults(self) -> dict:
+        """The constructor's default of each option (inspect: the class is the one place for them)."""
+        params = inspect.signature(self.cls().__init__).parameters
+        return {k: params[k].default for k in self.options if params[k].default is not inspect.Parameter.empty}
 
 
-def register(name: str, factory) -> None:
-    LABELERS[name] = factory
+LABELERS: dict[str, Entry] = {}
 
 
-def _vlm(**kw):
-    from .vlm import VLMLabeler
-    return VLMLabeler(**kw)
+def register(name: str, target: str, help: str = "", options: Mapping | None = None) -> None:
+    """Register a labeler class ("package.module:Class", a ``Labeler`` subclass) under ``name``."""
+    LABELERS[name] = Entry(target, help, dict(options or {}))
 
 
-def _annotations(**kw):
-    from .annotations import AnnotationLabeler
-    return AnnotationLabeler(**kw)
-
-
-def _clip(**kw):
-    from .clip import ClipLabeler
-    return ClipLabeler(**kw)
-
-
-register("vlm", _vlm)
-register("annotations", _annotations)
-register("clip", _clip)
+register(
+    "vlm",
+    "neurflow.labels.vlm:VLMLabeler",
+    "an OpenAI-compatible multimodal chat endpoint",
+    {
+        "base_url": (str, "OpenAI-compatible API base, e.g. https://api.openai.com/v1, http://localhost:11434/v1"),
+        "model": (str, "the multimodal chat model, e.g. gpt-4o"),
+        "api_key_env": (str, "environment variable holding the API key"),
+        "timeout": (float, "seconds per request"),
+        "retries": (int, "retries after a failed request"),
+        "backoff": (float, "first retry delay in seconds, doubled each time"),
+        "cache_dir": (str, "answer cache (default: $XDG_CACHE_HOME/neurflow/vlm)"),
+    },
+)
+register(
+    "annotations",
+    "neurflow.labels.annotations:AnnotationLabeler",
+    "offline, from image tags",
+    {"annotations": (str, "CSV or JSON of image tags (optionally boxes), or 'zoo' for zoo data")},
+)
+register(
+    "clip",
+    "neurflow.labels.clip:ClipLabeler",
+    "CLIP-Dissect style, with local CLIP weights",
+    {
+        "clip_model": (str, "open_clip architecture (default: ViT-B-32)"),
+        "clip_weights": (str, "local CLIP weights: checkpoint file (open_clip) or model folder (transformers)"),
+        "words": (str, "word list, one per line (default: a built-in list of visual words)"),
+    },
+)
 
 
 def get_labeler(name: str, **options) -> Labeler:
+    """The labeler ``name`` built with ``options`` (unset options: the labeler's defaults)."""
     if name not in LABELERS:
-        raise unknown_name("--labeler", name, sorted(LABELERS))
-    return LABELERS[name](**options)
+        raise unknown_name("labeler", name, sorted(LABELERS))
+    return LABELERS[name].cls()(**options)
 
 
 def _targets(circuit, which: str, layers) -> list[tuple[int, int]]:
@@ -62,7 +101,7 @@ def _targets(circuit, which: str, layers) -> list[tuple[int, int]]:
     if layers:
         for n in layers:
             if n not in names[1:]:
-                raise unknown_name("--layers", n, names[1:], "layers of the circuit below the class layer")
+                raise unknown_name("layers", n, names[1:], "layers of the circuit below the class layer")
     traced = dict(circuit.trace)
     out = []
     for i, layer in enumerate(circuit.layers):
@@ -84,19 +123,29 @@ def feeders(circuit, i: int, gid: int, k: int = 3) -> list:
     return [lower.groups[g] for g in best]
 
 
-def label_run(directory, labeler: Labeler, which: str | None = None, layers=None, check: bool = True,
-              relations: bool = True, seed: int = 0, quiet: bool = True) -> dict:
-    """Label the groups of the run in ``directory`` (``which``: "traced" or "all", default the
-    labeler's ``default_groups``); returns {"labels": n, "relations": n, "groups": [...]}."""
+def label_run(
+    run,
+    labeler: Labeler,
+    which: str | None = None,
+    layers=None,
+    check: bool = True,
+    relations: bool = True,
+    seed: int = 0,
+    quiet: bool = True,
+) -> dict:
+    """Label the groups of ``run`` (a ``Run`` or a run directory; ``which``: "traced" or "all",
+    default the labeler's ``default_groups``) and save them into its ``circuit.json``; returns
+    {"labels": n, "relations": n, "groups": [...]}."""
     which = which or labeler.default_groups
     if which not in ("traced", "all"):
-        raise NeurFlowError("--groups", "traced or all", which)
-    run = RunView(directory)
+        raise NeurFlowError("groups", "traced or all", which)
+    run = run if isinstance(run, Run) else Run(run)
     c = run.circuit
     jobs = _targets(c, which, layers)
     if not jobs:
-        raise NeurFlowError("DIR", "a circuit with groups below the class layer", str(directory),
-                            "rerun with at least three layers")
+        raise NeurFlowError(
+            "directory", "a circuit with groups below the class layer", str(run.dir), "rerun with at least three layers"
+        )
     rng = np.random.RandomState(seed)
     labels: dict = {}
     bar = progress(total=len(jobs), desc=f"label ({labeler.name})", quiet=quiet, unit="group")
@@ -117,7 +166,6 @@ def label_run(directory, labeler: Labeler, which: str | None = None, layers=None
     bar.close()
     rels: dict = {}
     if relations and labeler.can_relate:
-        import dataclasses
         for i, gid in jobs:
             below = feeders(c, i, gid)
             if not below:
@@ -125,13 +173,36 @@ def label_run(directory, labeler: Labeler, which: str | None = None, layers=None
             group = dataclasses.replace(c.layers[i].groups[gid], label=labels[(i, gid)].to_json())
             rels[(i, gid)] = labeler.label_relation(run, c.layers[i], group, c.layers[i + 1], below)
     # everything computed: write once
-    path = run.dir / "circuit.json"
-    doc = json.loads(path.read_text())
-    for (i, gid), lab in labels.items():
-        doc["layers"][i]["groups"][gid]["label"] = lab.to_json()
-    for (i, gid), rel in rels.items():
-        doc["layers"][i]["groups"][gid]["relation"] = rel
-    write_json(path, doc)
-    return {"labels": len(labels), "relations": len(rels), "labeler": labeler.name,
-            "groups": [{"layer": c.layers[i].name, "group": gid, **labels[(i, gid)].to_json(),
-                        **({"relation": rels[(i, gid)]} if (i, gid) in rels else {})} for i, gid in jobs]}
+    run.circuit = with_labels(c, labels, rels)
+    run.dir.write_circuit(run.circuit)
+    return {
+        "labels": len(labels),
+        "relations": len(rels),
+        "labeler": labeler.name,
+        "groups": [
+            {
+                "layer": c.layers[i].name,
+                "group": gid,
+                **labels[(i, gid)].to_json(),
+                **({"relation": rels[(i, gid)]} if (i, gid) in rels else {}),
+            }
+            for i, gid in jobs
+        ],
+    }
+
+
+def with_labels(circuit, labels: dict, relations: dict):
+    """``circuit`` with the labels {(layer index, group id): Label} and relations set on its groups."""
+    from ..circuit import _frozen_map
+
+    layers = list(circuit.layers)
+    for i, layer in enumerate(layers):
+        groups = list(layer.groups)
+        for gid, g in enumerate(groups):
+            if (i, gid) in labels:
+                g = dataclasses.replace(g, label=_frozen_map(labels[(i, gid)].to_json()))
+            if (i, gid) in relations:
+                g = dataclasses.replace(g, relation=_frozen_map(relations[(i, gid)]))
+            groups[gid] = g
+        layers[i] = dataclasses.replace(layer, groups=tuple(groups))
+    return dataclasses.replace(circuit, layers=tuple(layers))

@@ -17,6 +17,7 @@ pool.  The label is the tag with the smallest p-value among the tags enriched in
 above the base rate); ``confidence = (precision - base) / (1 - base)``: 0 at chance, 1 when every
 exemplar has the tag.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,7 +28,7 @@ import numpy as np
 from scipy.stats import hypergeom
 
 from ..errors import NeurFlowError
-from .base import Label, Labeler, RunView
+from .base import Label, Labeler, Run
 
 MIN_BOX_SHARE = 0.5
 
@@ -36,17 +37,17 @@ def read_annotations(path) -> list[tuple[str, str, tuple | None]]:
     """(image id, tag, box or None) records from a CSV or JSON file."""
     p = Path(path)
     if not p.is_file():
-        raise NeurFlowError("--annotations", "a CSV or JSON annotation file (or 'zoo')", str(path), "no such file")
+        raise NeurFlowError("annotations", "a CSV or JSON annotation file (or 'zoo')", str(path), "no such file")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise NeurFlowError("--annotations", "a readable UTF-8 file", str(path), str(exc)[:120]) from None
+        raise NeurFlowError("annotations", "a readable UTF-8 file", str(path), str(exc)[:120]) from None
     records = []
     if p.suffix.lower() == ".json":
         try:
             doc = json.loads(text)
         except ValueError as exc:
-            raise NeurFlowError("--annotations", "valid JSON", str(path), str(exc)[:120]) from None
+            raise NeurFlowError("annotations", "valid JSON", str(path), str(exc)[:120]) from None
         items = doc.items() if isinstance(doc, dict) else [(r.get("image"), [r]) for r in doc if isinstance(r, dict)]
         for image, tags in items:
             for t in tags if isinstance(tags, list) else [tags]:
@@ -55,12 +56,16 @@ def read_annotations(path) -> list[tuple[str, str, tuple | None]]:
                 elif isinstance(t, dict) and "tag" in t:
                     records.append((str(image), str(t["tag"]), _box(t.get("box"), path)))
                 else:
-                    raise NeurFlowError("--annotations", "tags as strings or {\"tag\": ..., \"box\": [...]}", t)
+                    raise NeurFlowError("annotations", 'tags as strings or {"tag": ..., "box": [...]}', t)
     else:
         rows = list(csv.DictReader(text.splitlines()))
         if not rows or "image" not in rows[0] or not ({"tag", "tags"} & set(rows[0])):
-            raise NeurFlowError("--annotations", "a CSV header with 'image' and 'tag' (or 'tags')", str(path),
-                                "optional columns: top,left,height,width")
+            raise NeurFlowError(
+                "annotations",
+                "a CSV header with 'image' and 'tag' (or 'tags')",
+                str(path),
+                "optional columns: top,left,height,width",
+            )
         for r in rows:
             box = None
             if all(r.get(k) not in (None, "") for k in ("top", "left", "height", "width")):
@@ -69,7 +74,7 @@ def read_annotations(path) -> list[tuple[str, str, tuple | None]]:
                 if tag.strip():
                     records.append((str(r["image"]).strip(), tag.strip(), box))
     if not records:
-        raise NeurFlowError("--annotations", "at least one (image, tag) annotation", str(path))
+        raise NeurFlowError("annotations", "at least one (image, tag) annotation", str(path))
     return records
 
 
@@ -79,7 +84,7 @@ def _box(box, path) -> tuple | None:
     try:
         t, l, h, w = (float(v) for v in box)
     except (TypeError, ValueError):
-        raise NeurFlowError("--annotations", "boxes as [top, left, height, width]", box, str(path)) from None
+        raise NeurFlowError("annotations", "boxes as [top, left, height, width]", box, str(path)) from None
     return (t, l, h, w)
 
 
@@ -98,15 +103,19 @@ def tag_matrix(records, crop_image: np.ndarray, crop_box: np.ndarray, files=None
             continue
         per_image.setdefault(idx, []).append((tag, box))
     if unknown and unknown == len(records):
-        raise NeurFlowError("--annotations", "image ids that are indices into the run's data or its file names",
-                            records[0][0], "none of the ids matched")
+        raise NeurFlowError(
+            "annotations",
+            "image ids that are indices into the run's data or its file names",
+            records[0][0],
+            "none of the ids matched",
+        )
     tags = sorted({t for _, t, _ in records})
     col = {t: i for i, t in enumerate(tags)}
     m = np.zeros((len(tags), len(crop_image)), dtype=bool)
     order = np.argsort(crop_image, kind="stable")
     starts = np.searchsorted(crop_image[order], list(per_image))
     ends = np.searchsorted(crop_image[order], list(per_image), side="right")
-    for (idx, anns), a, b in zip(per_image.items(), starts, ends):
+    for anns, a, b in zip(per_image.values(), starts, ends):
         crops = order[a:b]
         if not len(crops):
             continue
@@ -128,52 +137,64 @@ def enrichment(members: np.ndarray, tagged: np.ndarray) -> dict:
     k = int(tagged[members].sum())
     base = K / N if N else 0.0
     precision = k / n if n else 0.0
-    return {"precision": precision, "recall": k / K if K else 0.0, "base_rate": base, "hits": k,
-            "n_exemplars": n, "n_tagged": K, "p_value": float(hypergeom.sf(k - 1, N, K, n)) if n else 1.0,
-            "confidence": float(np.clip((precision - base) / (1 - base), 0, 1)) if base < 1 else 0.0}
+    return {
+        "precision": precision,
+        "recall": k / K if K else 0.0,
+        "base_rate": base,
+        "hits": k,
+        "n_exemplars": n,
+        "n_tagged": K,
+        "p_value": float(hypergeom.sf(k - 1, N, K, n)) if n else 1.0,
+        "confidence": float(np.clip((precision - base) / (1 - base), 0, 1)) if base < 1 else 0.0,
+    }
 
 
 class AnnotationLabeler(Labeler):
     name = "annotations"
     can_check = True
 
-    def __init__(self, annotations=None, run: RunView | None = None):
+    def __init__(self, annotations=None, run: Run | None = None):
         if annotations is None:
-            raise NeurFlowError("--annotations", "an annotation file (CSV or JSON) or 'zoo'", None)
+            raise NeurFlowError("annotations", "an annotation file (CSV or JSON) or 'zoo'", None)
         self.source = str(annotations)
         self._records = annotations
         self._matrix = None
 
-    def _prepare(self, run: RunView):
+    def _prepare(self, run: Run):
         if self._matrix is None:
             if self.source == "zoo":
                 from ..zoo.annotations import zoo_annotations
-                records = zoo_annotations(run.circuit.meta.get("data"))
+
+                records = zoo_annotations(run.provenance.data_spec)
             else:
                 records = read_annotations(self._records)
             c = run.circuit
             if "crop_image" not in c.arrays or "crop_box" not in c.arrays:
-                raise NeurFlowError("DIR", "a run with crop geometry (arrays.npz)", str(run.dir))
-            self.tags, self._matrix = tag_matrix(records, c.arrays["crop_image"], c.arrays["crop_box"],
-                                                 c.meta.get("files"))
+                raise NeurFlowError("directory", "a run with crop geometry (arrays.npz)", str(run.dir))
+            self.tags, self._matrix = tag_matrix(
+                records, c.arrays["crop_image"], c.arrays["crop_box"], run.provenance.files
+            )
         return self.tags, self._matrix
 
-    def label_group(self, run: RunView, layer, group) -> Label:
+    def label_group(self, run: Run, layer, group) -> Label:
         tags, m = self._prepare(run)
-        members = np.asarray(run.all_exemplars(layer, group), dtype=np.int64)
+        members = np.asarray(layer.group_crops(group), dtype=np.int64)
         stats = [dict(tag=t, **enrichment(members, m[i])) for i, t in enumerate(tags)]
         enriched = [s for s in stats if s["precision"] > s["base_rate"]]
         ranked = sorted(enriched, key=lambda s: (s["p_value"], -s["precision"], s["tag"]))
-        evidence = {"source": self.source, "runners_up": [
-            {k: s[k] for k in ("tag", "precision", "recall", "p_value")} for s in ranked[1:4]]}
+        evidence = {
+            "source": self.source,
+            "runners_up": [{k: s[k] for k in ("tag", "precision", "recall", "p_value")} for s in ranked[1:4]],
+        }
         if not ranked:
             return Label("no annotated tag is enriched", self.name, 0.0, evidence)
         best = ranked[0]
-        evidence.update({k: best[k] for k in ("precision", "recall", "base_rate", "p_value", "hits",
-                                               "n_exemplars", "n_tagged")})
+        evidence.update(
+            {k: best[k] for k in ("precision", "recall", "base_rate", "p_value", "hits", "n_exemplars", "n_tagged")}
+        )
         return Label(best["tag"], self.name, best["confidence"], evidence)
 
-    def pick(self, run: RunView, text: str, crops: list[int]) -> list[int]:
+    def pick(self, run: Run, text: str, crops: list[int]) -> list[int]:
         tags, m = self._prepare(run)
         if text not in tags:
             return []

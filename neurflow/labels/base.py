@@ -10,16 +10,16 @@ published code indexed the answer with neuron ids):
 
 (recall is the paper's "accuracy").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from ..artifact import load
-from ..circuit import Circuit, Group, Layer
+from ..circuit import Group, Layer
 from ..errors import NeurFlowError
+from ..run import Run
 
 
 @dataclass(frozen=True)
@@ -50,38 +50,6 @@ def mime_of(data: bytes) -> str:
     raise NeurFlowError("crop image", "PNG, JPEG, GIF or WebP bytes", data[:8])
 
 
-class RunView:
-    """A finished run as labelers see it: the circuit, its crop thumbnails and crop geometry."""
-
-    def __init__(self, directory):
-        self.dir = Path(directory)
-        self.circuit: Circuit = load(self.dir)
-        crops = self.dir / "crops"
-        self.thumbs = sorted(int(p.stem) for p in crops.glob("*.png") if p.stem.isdigit()) if crops.is_dir() else []
-
-    def png(self, crop: int) -> bytes:
-        path = self.dir / "crops" / f"{int(crop)}.png"
-        if not path.is_file():
-            raise NeurFlowError("DIR", f"the crop thumbnail crops/{int(crop)}.png", str(self.dir),
-                                "the run directory is incomplete; rerun `neurflow run` into it")
-        return path.read_bytes()
-
-    @staticmethod
-    def display_exemplars(layer: Layer, group: Group, limit: int = 10) -> list[int]:
-        """The group's display exemplars, members nearest the centre first."""
-        from ..audit import group_exemplars
-        return group_exemplars(layer, group, limit)
-
-    @staticmethod
-    def all_exemplars(layer: Layer, group: Group) -> list[int]:
-        """Every exemplar crop of the group's member sub-concepts."""
-        seen: dict = {}
-        for n, s in group.members:
-            for c in layer.nodes[n].sub_concepts[s].exemplars:
-                seen.setdefault(int(c), None)
-        return list(seen)
-
-
 class Labeler:
     """A labeling back-end.  Subclasses set ``name`` and implement ``label_group``; those that can
     judge which crops match a caption implement ``pick`` (enables the check), those that can
@@ -90,23 +58,24 @@ class Labeler:
     name = "base"
     can_check = False
     can_relate = False
-    default_groups = "all"      # which groups `neurflow label` labels unless --groups says otherwise
+    default_groups = "all"  # which groups `neurflow label` labels unless --groups says otherwise
 
-    def label_group(self, run: RunView, layer: Layer, group: Group) -> Label:
+    def label_group(self, run: Run, layer: Layer, group: Group) -> Label:
         raise NotImplementedError
 
-    def pick(self, run: RunView, text: str, crops: list[int]) -> list[int]:
+    def pick(self, run: Run, text: str, crops: list[int]) -> list[int]:
         """Positions (0-based) in ``crops`` of the crops that match ``text``."""
         raise NotImplementedError
 
-    def label_relation(self, run: RunView, layer: Layer, group: Group, lower: Layer, feeders: list) -> dict:
+    def label_relation(self, run: Run, layer: Layer, group: Group, lower: Layer, feeders: list) -> dict:
         raise NotImplementedError
 
 
-def caption_check(labeler: Labeler, run: RunView, layer: Layer, group: Group, text: str,
-                  rng: np.random.RandomState, n_true: int = 5) -> dict:
-    true = RunView.display_exemplars(layer, group, n_true)
-    own = set(RunView.all_exemplars(layer, group)) | set(true)
+def caption_check(
+    labeler: Labeler, run: Run, layer: Layer, group: Group, text: str, rng: np.random.RandomState, n_true: int = 5
+) -> dict:
+    true = layer.group_exemplars(group, n_true)
+    own = set(layer.group_crops(group)) | set(true)
     pool = [c for c in run.thumbs if c not in own]
     n_random = min(len(true), len(pool))
     randoms = [int(c) for c in rng.choice(pool, size=n_random, replace=False)] if n_random else []
@@ -116,8 +85,15 @@ def caption_check(labeler: Labeler, run: RunView, layer: Layer, group: Group, te
     picked_pos = sorted(set(int(p) for p in labeler.pick(run, text, mixed)))
     bad = [p for p in picked_pos if not 0 <= p < len(mixed)]
     if bad:
-        raise NeurFlowError("labeler answer", f"crop numbers in 1..{len(mixed)}", [p + 1 for p in bad])
+        raise NeurFlowError("labeler_answer", f"crop numbers in 1..{len(mixed)}", [p + 1 for p in bad])
     picked = [mixed[p] for p in picked_pos]
     hits = len(set(picked) & set(true))
-    return {"precision": hits / len(picked) if picked else 0.0, "recall": hits / len(true) if true else 0.0,
-            "n_true": len(true), "n_random": n_random, "shown": mixed, "picked": picked, "true": true}
+    return {
+        "precision": hits / len(picked) if picked else 0.0,
+        "recall": hits / len(true) if true else 0.0,
+        "n_true": len(true),
+        "n_random": n_random,
+        "shown": mixed,
+        "picked": picked,
+        "true": true,
+    }

@@ -11,6 +11,7 @@ score is ``log mean_{i in exemplars} P[i, c] - log mean_{i in reference} P[i, c]
 being every crop thumbnail of the run: a word wins when it describes the group's exemplars much
 better than the run's crops in general.  ``confidence`` is the mean P[i, best] over the exemplars.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NeurFlowError
-from .base import Label, Labeler, RunView
+from .base import Label, Labeler, Run
 
 TEMPERATURE = 0.01
 DEFAULT_WORDS = (
@@ -34,14 +35,17 @@ DEFAULT_WORDS = (
 ).split()
 
 
-def dissect_scores(group_emb: np.ndarray, ref_emb: np.ndarray, text_emb: np.ndarray,
-                   temperature: float = TEMPERATURE) -> tuple[np.ndarray, np.ndarray]:
+def dissect_scores(
+    group_emb: np.ndarray, ref_emb: np.ndarray, text_emb: np.ndarray, temperature: float = TEMPERATURE
+) -> tuple[np.ndarray, np.ndarray]:
     """(score per word, mean probability per word over the group) from L2-normalised embeddings."""
+
     def probs(e):
         logits = e @ text_emb.T / temperature
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
+
     pg, pr = probs(group_emb).mean(axis=0), probs(ref_emb).mean(axis=0)
     return np.log(pg + 1e-12) - np.log(pr + 1e-12), pg
 
@@ -54,6 +58,7 @@ class _OpenClip:
     def __init__(self, arch: str, weights: str):
         import open_clip
         import torch
+
         self.torch = torch
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
         self.model.eval()
@@ -61,6 +66,7 @@ class _OpenClip:
 
     def images(self, pngs: list[bytes]) -> np.ndarray:
         from PIL import Image
+
         x = self.torch.stack([self.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in pngs])
         with self.torch.no_grad():
             e = self.model.encode_image(x).float()
@@ -76,12 +82,14 @@ class _HFClip:
     def __init__(self, folder: str):
         import torch
         from transformers import CLIPModel, CLIPProcessor
+
         self.torch = torch
         self.model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
         self.processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
 
     def images(self, pngs: list[bytes]) -> np.ndarray:
         from PIL import Image
+
         inputs = self.processor(images=[Image.open(io.BytesIO(b)).convert("RGB") for b in pngs], return_tensors="pt")
         with self.torch.no_grad():
             e = self.model.get_image_features(**inputs).float()
@@ -97,18 +105,30 @@ class _HFClip:
 def load_encoder(arch: str | None, weights: str | None):
     found = _available()
     if not found:
-        raise NeurFlowError("--labeler", "open_clip or transformers installed for the clip labeler", "clip",
-                            "neither is installed (pip install open_clip_torch), and local CLIP weights are "
-                            "needed (--clip-weights); nothing was labelled")
+        raise NeurFlowError(
+            "labeler",
+            "open_clip or transformers installed for the clip labeler",
+            "clip",
+            "neither is installed (pip install open_clip_torch), and local CLIP weights are "
+            "needed ({p:clip_weights}); nothing was labelled",
+        )
     if not weights or not Path(weights).exists():
-        raise NeurFlowError("--clip-weights", "local CLIP weights (a checkpoint file for open_clip, a model "
-                            "folder for transformers)", weights, "nothing is downloaded; nothing was labelled")
+        raise NeurFlowError(
+            "clip_weights",
+            "local CLIP weights (a checkpoint file for open_clip, a model folder for transformers)",
+            weights,
+            "nothing is downloaded; nothing was labelled",
+        )
     if "open_clip" in found and Path(weights).is_file():
         return _OpenClip(arch or "ViT-B-32", weights)
     if "transformers" in found and Path(weights).is_dir():
         return _HFClip(weights)
-    raise NeurFlowError("--clip-weights", "a checkpoint file (open_clip) or a model folder (transformers)", weights,
-                        f"installed: {', '.join(found)}; nothing was labelled")
+    raise NeurFlowError(
+        "clip_weights",
+        "a checkpoint file (open_clip) or a model folder (transformers)",
+        weights,
+        f"installed: {', '.join(found)}; nothing was labelled",
+    )
 
 
 class ClipLabeler(Labeler):
@@ -120,32 +140,35 @@ class ClipLabeler(Labeler):
         if words is not None and not isinstance(words, (list, tuple)):
             p = Path(words)
             if not p.is_file():
-                raise NeurFlowError("--words", "a text file with one word or phrase per line", str(words))
+                raise NeurFlowError("words", "a text file with one word or phrase per line", str(words))
             words = [w.strip() for w in p.read_text(encoding="utf-8").splitlines() if w.strip()]
         self.words = list(words or DEFAULT_WORDS)
         if not self.words:
-            raise NeurFlowError("--words", "at least one word", words)
+            raise NeurFlowError("words", "at least one word", words)
         self._text = None
         self._ref = None
 
-    def _prepare(self, run: RunView):
+    def _prepare(self, run: Run):
         if self._text is None:
             self._text = self.encoder.texts(self.words)
             self._ref = self.encoder.images([run.png(c) for c in run.thumbs]) if run.thumbs else None
         return self._text, self._ref
 
-    def label_group(self, run: RunView, layer, group) -> Label:
+    def label_group(self, run: Run, layer, group) -> Label:
         text, ref = self._prepare(run)
-        crops = run.display_exemplars(layer, group, 10)
+        crops = layer.group_exemplars(group, 10)
         emb = self.encoder.images([run.png(c) for c in crops])
         scores, pg = dissect_scores(emb, ref if ref is not None else emb, text)
         order = np.argsort(-scores, kind="stable")
         best = int(order[0])
-        return Label(self.words[best], self.name, float(pg[best]),
-                     {"crops": crops, "top": [{"word": self.words[int(i)], "score": float(scores[int(i)])}
-                                              for i in order[:5]]})
+        return Label(
+            self.words[best],
+            self.name,
+            float(pg[best]),
+            {"crops": crops, "top": [{"word": self.words[int(i)], "score": float(scores[int(i)])} for i in order[:5]]},
+        )
 
-    def pick(self, run: RunView, text: str, crops: list[int]) -> list[int]:
+    def pick(self, run: Run, text: str, crops: list[int]) -> list[int]:
         """The half of ``crops`` most similar to ``text`` (the check shows as many true as random)."""
         t = self.encoder.texts([text])[0]
         sims = self.encoder.images([run.png(c) for c in crops]) @ t

@@ -12,6 +12,7 @@
 * the API key is read from the environment variable named by ``--api-key-env`` and sent only in
   the ``Authorization`` header: it is never logged, cached, written or put in an error message.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from ..artifact import atomic_write
 from ..errors import NeurFlowError
-from .base import Label, Labeler, RunView, mime_of
+from .base import Label, Labeler, Run, mime_of
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,20 @@ GROUP_PROMPT = (
     "vision model. Describe the visual features that are common to them in one or two sentences. "
     "Be objective and concrete (colours, textures, shapes, parts, objects); do not guess the class "
     "or the purpose. Some images may be outliers that do not share the features: ignore them. "
-    "Answer with the description only.")
+    "Answer with the description only."
+)
 RELATION_PROMPT = (
     "A higher-level group of neurons H in a vision model is fed by {k} lower-level groups. The first "
     "images show H's patches; then each lower group's patches follow, introduced by its name. "
-    "H is described as: \"{caption}\". For each lower group, say in one sentence which of its visual "
+    'H is described as: "{caption}". For each lower group, say in one sentence which of its visual '
     "features match which feature of H. Simple compositions count: blue + green -> blue-green, "
     "curves -> circle, two edges -> angle. Ignore outliers. Answer with one line per lower group, "
-    "starting with its name and a colon (e.g. \"{first}: ...\").")
+    'starting with its name and a colon (e.g. "{first}: ...").'
+)
 CHECK_PROMPT = (
-    "Here are {n} images, numbered 1 to {n}. Which of them show the following: \"{caption}\"? "
-    "Answer with a JSON list of the numbers of the matching images, for example [1, 4], and nothing else.")
+    'Here are {n} images, numbered 1 to {n}. Which of them show the following: "{caption}"? '
+    "Answer with a JSON list of the numbers of the matching images, for example [1, 4], and nothing else."
+)
 
 
 def default_cache_dir() -> Path:
@@ -63,22 +67,37 @@ def image_part(data: bytes) -> dict:
 class ChatClient:
     """A minimal OpenAI-compatible chat-completions client (standard library only)."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 retries: int = 3, backoff: float = 1.0, cache_dir=None, max_tokens: int = 300):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        cache_dir=None,
+        max_tokens: int = 300,
+    ):
         if not base_url or not re.match(r"^https?://", str(base_url)):
-            raise NeurFlowError("--base-url", "an http(s) URL of an OpenAI-compatible API, e.g. https://api.openai.com/v1 "
-                                "or http://localhost:11434/v1", base_url)
+            raise NeurFlowError(
+                "base_url",
+                "an http(s) URL of an OpenAI-compatible API, e.g. https://api.openai.com/v1 "
+                "or http://localhost:11434/v1",
+                base_url,
+            )
         if not model:
-            raise NeurFlowError("--model", "the name of a multimodal chat model served by --base-url", model)
+            raise NeurFlowError("model", "the name of a multimodal chat model served by the endpoint", model)
         if timeout <= 0 or retries < 0:
-            raise NeurFlowError("--timeout/--retries", "a positive timeout and retries >= 0", (timeout, retries))
+            raise NeurFlowError(
+                "timeout" if timeout <= 0 else "retries", "a positive timeout and retries >= 0", (timeout, retries)
+            )
         self.url = str(base_url).rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
         self._key = os.environ.get(api_key_env) if api_key_env else None
         self.timeout, self.retries, self.backoff, self.max_tokens = timeout, retries, backoff, max_tokens
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.calls = 0            # requests actually sent (cache misses)
+        self.calls = 0  # requests actually sent (cache misses)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
@@ -89,8 +108,12 @@ class ChatClient:
 
     def complete(self, content: list) -> str:
         """Send one user message (a list of content parts); returns the reply text."""
-        body = {"model": self.model, "messages": [{"role": "user", "content": content}],
-                "temperature": 0, "max_tokens": self.max_tokens}
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+        }
         path = self._cache_path(body)
         if path.is_file():
             try:
@@ -125,13 +148,17 @@ class ChatClient:
                 last = f"HTTP {exc.code}" + (f": {detail}" if detail else "")
                 if exc.code in (408, 409, 429) or exc.code >= 500:
                     continue
-                hint = "check --api-key-env" if exc.code in (401, 403) else "check --base-url and --model"
-                raise NeurFlowError("--base-url", "a working chat-completions endpoint", self.url,
-                                    f"{last}; {hint}") from None
+                hint = "check {p:api_key_env}" if exc.code in (401, 403) else "check {p:base_url} and {p:model}"
+                raise NeurFlowError(
+                    "base_url", "a working chat-completions endpoint", self.url, f"{last}; {hint}"
+                ) from None
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
-                last = "timed out" if isinstance(reason, (socket.timeout, TimeoutError)) else \
-                    self._redact(str(reason))[:160]
+                last = (
+                    "timed out"
+                    if isinstance(reason, (socket.timeout, TimeoutError))
+                    else self._redact(str(reason))[:160]
+                )
                 continue
             try:
                 reply = json.loads(raw)["choices"][0]["message"]["content"]
@@ -143,8 +170,12 @@ class ChatClient:
             except (ValueError, KeyError, IndexError, TypeError):
                 last = "malformed reply: " + self._redact(raw[:120].decode("utf-8", "replace").replace("\n", " "))
                 continue
-        raise NeurFlowError("--base-url", "an answer from the chat-completions endpoint", self.url,
-                            f"no usable answer after {self.retries + 1} tries: {last}")
+        raise NeurFlowError(
+            "base_url",
+            "an answer from the chat-completions endpoint",
+            self.url,
+            f"no usable answer after {self.retries + 1} tries: {last}",
+        )
 
 
 def parse_numbers(reply: str, n: int) -> list[int]:
@@ -164,34 +195,50 @@ class VLMLabeler(Labeler):
     name = "vlm"
     can_check = True
     can_relate = True
-    default_groups = "traced"   # each group costs requests: the traced ones unless --groups all
+    default_groups = "traced"  # each group costs requests: the traced ones unless --groups all
 
-    def __init__(self, base_url: str | None = None, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, retries: int = 3, backoff: float = 1.0, cache_dir=None, n_images: int = 10):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        cache_dir=None,
+        n_images: int = 10,
+    ):
         self.client = ChatClient(base_url, model, api_key_env, timeout, retries, backoff, cache_dir)
         self.n_images = n_images
 
-    def label_group(self, run: RunView, layer, group) -> Label:
-        crops = run.display_exemplars(layer, group, self.n_images)
+    def label_group(self, run: Run, layer, group) -> Label:
+        crops = layer.group_exemplars(group, self.n_images)
         content = [{"type": "text", "text": GROUP_PROMPT.format(n=len(crops))}]
         content += [image_part(run.png(c)) for c in crops]
         text = self.client.complete(content)
         return Label(text, self.name, None, {"model": self.client.model, "crops": crops})
 
-    def pick(self, run: RunView, text: str, crops: list[int]) -> list[int]:
+    def pick(self, run: Run, text: str, crops: list[int]) -> list[int]:
         content = [{"type": "text", "text": CHECK_PROMPT.format(n=len(crops), caption=text)}]
         for i, c in enumerate(crops, 1):
             content += [{"type": "text", "text": f"Image {i}:"}, image_part(run.png(c))]
         return parse_numbers(self.client.complete(content), len(crops))
 
-    def label_relation(self, run: RunView, layer, group, lower, feeders: list) -> dict:
+    def label_relation(self, run: Run, layer, group, lower, feeders: list) -> dict:
         names = [f"{lower.name}/G{g.id}" for g in feeders]
         caption = group.label.get("text") if group.label else ""
-        content = [{"type": "text", "text": RELATION_PROMPT.format(k=len(feeders), caption=caption, first=names[0])},
-                   {"type": "text", "text": f"H = {layer.name}/G{group.id}:"}]
-        content += [image_part(run.png(c)) for c in run.display_exemplars(layer, group, 5)]
+        content = [
+            {"type": "text", "text": RELATION_PROMPT.format(k=len(feeders), caption=caption, first=names[0])},
+            {"type": "text", "text": f"H = {layer.name}/G{group.id}:"},
+        ]
+        content += [image_part(run.png(c)) for c in layer.group_exemplars(group, 5)]
         for name, g in zip(names, feeders):
             content.append({"type": "text", "text": f"{name}:"})
-            content += [image_part(run.png(c)) for c in run.display_exemplars(lower, g, 5)]
-        return {"text": self.client.complete(content), "labeler": self.name, "lower_layer": lower.name,
-                "lower": [g.id for g in feeders], "model": self.client.model}
+            content += [image_part(run.png(c)) for c in lower.group_exemplars(g, 5)]
+        return {
+            "text": self.client.complete(content),
+            "labeler": self.name,
+            "lower_layer": lower.name,
+            "lower": [g.id for g in feeders],
+            "model": self.client.model,
+        }

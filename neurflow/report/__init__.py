@@ -5,6 +5,7 @@ Everything is inline: the viewer (``template.html``: CSS and vanilla JS), the ci
 the crop thumbnails (``data:image/png;base64`` URIs).  The page loads nothing from the network.
 See docs/report.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,12 +16,25 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from ..artifact import atomic_write, load
+from ..artifact import RunDir, atomic_write
 from ..circuit import Circuit
 
-REPORT = "report.html"
-_META_KEYS = ("model", "weights", "data", "demo", "note", "neurflow", "torch", "n_images", "n_class_images",
-              "n_crops", "image_size", "crop_sizes", "data_skipped", "timings_s")
+_META_KEYS = (
+    "model",
+    "weights",
+    "data",
+    "demo",
+    "note",
+    "neurflow",
+    "torch",
+    "n_images",
+    "n_class_images",
+    "n_crops",
+    "image_size",
+    "crop_sizes",
+    "data_skipped",
+    "timings_s",
+)
 
 
 def _num(x, digits: int = 4):
@@ -37,8 +51,10 @@ def _label_fields(g) -> dict:
     if g.label is not None:
         lab = dict(g.label)
         out["label"] = str(lab.get("text"))
-        info = {"labeler": lab.get("labeler"), "confidence": _num(lab["confidence"]) if isinstance(
-            lab.get("confidence"), (int, float)) else None}
+        info = {
+            "labeler": lab.get("labeler"),
+            "confidence": _num(lab["confidence"]) if isinstance(lab.get("confidence"), (int, float)) else None,
+        }
         check = lab.get("check")
         if check is not None:
             info["check"] = {k: _num(check[k]) for k in ("precision", "recall") if k in check}
@@ -46,15 +62,19 @@ def _label_fields(g) -> dict:
         out["label_info"] = info
     if g.relation is not None:
         rel = dict(g.relation)
-        out["relation"] = {"text": str(rel.get("text", "")), "labeler": rel.get("labeler"),
-                           "lower_layer": rel.get("lower_layer"), "lower": [int(x) for x in rel.get("lower", [])]}
+        out["relation"] = {
+            "text": str(rel.get("text", "")),
+            "labeler": rel.get("labeler"),
+            "lower_layer": rel.get("lower_layer"),
+            "lower": [int(x) for x in rel.get("lower", [])],
+        }
     return out
 
 
 def report_data(directory, circuit: Circuit | None = None) -> dict:
     """The data the viewer draws, as plain JSON-able objects."""
-    d = Path(directory)
-    c = circuit if circuit is not None else load(d)
+    d = RunDir(directory)
+    c = circuit if circuit is not None else d.read_circuit()
     crop_image = c.arrays.get("crop_image")
     crop_box = c.arrays.get("crop_box")
     files = c.meta.get("files") or None
@@ -65,8 +85,14 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
             subs = []
             for s in node.sub_concepts:
                 used.update(s.display_exemplars)
-                sub = {"id": s.id, "a": _num(s.activation), "g": s.group, "x": list(s.display_exemplars),
-                       "n": len(s.exemplars), "w": [[int(j), _num(w)] for j, w in s.weights.items()]}
+                sub = {
+                    "id": s.id,
+                    "a": _num(s.activation),
+                    "g": s.group,
+                    "x": list(s.display_exemplars),
+                    "n": len(s.exemplars),
+                    "w": [[int(j), _num(w)] for j, w in s.weights.items()],
+                }
                 label = getattr(s, "label", None)
                 if label is not None:
                     sub["label"] = str(label)
@@ -77,12 +103,18 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
             grp = {"id": g.id, "members": [list(m) for m in g.members], "neurons": list(g.neurons)}
             grp.update(_label_fields(g))
             groups.append(grp)
-        layers.append({"name": layer.name, "lower": layer.lower, "nodes": nodes, "groups": groups,
-                       "edges": {str(a): {str(b): _num(w) for b, w in row.items()}
-                                 for a, row in layer.group_edges.items()},
-                       "gap": {k: _num(v) for k, v in layer.completeness_gap.items()},
-                       "seconds": _num(layer.seconds),
-                       "n_subs": sum(len(n.sub_concepts) for n in layer.nodes.values())})
+        layers.append(
+            {
+                "name": layer.name,
+                "lower": layer.lower,
+                "nodes": nodes,
+                "groups": groups,
+                "edges": {str(a): {str(b): _num(w) for b, w in row.items()} for a, row in layer.group_edges.items()},
+                "gap": {k: _num(v) for k, v in layer.completeness_gap.items()},
+                "seconds": _num(layer.seconds),
+                "n_subs": sum(len(n.sub_concepts) for n in layer.nodes.values()),
+            }
+        )
     debug = _debug_entries(d)
     audit = _audit_entry(d, c)
     if audit:
@@ -91,7 +123,7 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
     crops = {}
     for i in sorted(used):
         entry = {}
-        png = d / "crops" / f"{i}.png"
+        png = d.crop(i)
         if png.is_file():
             entry["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
         if crop_image is not None and 0 <= i < len(crop_image):
@@ -104,29 +136,45 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
         crops[str(i)] = entry
     meta = {k: c.meta[k] for k in _META_KEYS if c.meta.get(k) is not None}
     class_names = c.meta.get("class_names") or None
-    return {"target": c.target, "target_name": c.target_name, "input_layer": c.input_layer,
-            "trace": [[name, list(groups)] for name, groups in c.trace],
-            "settings": {k: v for k, v in c.settings.items()}, "meta": meta,
-            "n_classes": len(class_names) if class_names else None,
-            "layers": layers, "crops": crops, "debug": debug, "audit": audit, "eval": _eval_entries(d)}
+    return {
+        "target": c.target,
+        "target_name": c.target_name,
+        "input_layer": c.input_layer,
+        "trace": [[name, list(groups)] for name, groups in c.trace],
+        "settings": {k: v for k, v in c.settings.items()},
+        "meta": meta,
+        "n_classes": len(class_names) if class_names else None,
+        "layers": layers,
+        "crops": crops,
+        "debug": debug,
+        "audit": audit,
+        "eval": _eval_entries(d),
+    }
 
 
-def _eval_entries(d: Path) -> list:
+def _eval_entries(d: RunDir) -> list:
     """The results of ``neurflow eval`` in DIR/eval/: main tables, notes and the plot."""
     from ..show import eval_tables
+
     out = []
-    folder = d / "eval"
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if path.name.endswith(".partial.json"):
-            continue
+    for path in d.eval_results():
         try:
             res = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        entry = {"name": path.stem, "experiment": str(res.get("experiment", path.stem)), "notes": res.get("notes", []),
-                 "tables": [{"name": k, "columns": cols, "rows": [[_num(v) if isinstance(v, float) else v for v in row]
-                                                                    for row in rows]}
-                            for k, cols, rows in eval_tables(res)]}
+        entry = {
+            "name": path.stem,
+            "experiment": str(res.get("experiment", path.stem)),
+            "notes": res.get("notes", []),
+            "tables": [
+                {
+                    "name": k,
+                    "columns": cols,
+                    "rows": [[_num(v) if isinstance(v, float) else v for v in row] for row in rows],
+                }
+                for k, cols, rows in eval_tables(res)
+            ],
+        }
         png = path.with_suffix(".png")
         if png.is_file():
             entry["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
@@ -137,10 +185,10 @@ def _eval_entries(d: Path) -> list:
 AUDIT_ROWS = 30
 
 
-def _debug_entries(d: Path) -> list:
+def _debug_entries(d: RunDir) -> list:
     """The results of ``neurflow debug`` saved in DIR/debug/, each with its image."""
     out = []
-    for path in sorted((d / "debug").glob("*.json")) if (d / "debug").is_dir() else []:
+    for path in sorted(d.debug.glob("*.json")) if d.debug.is_dir() else []:
         try:
             res = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -153,10 +201,10 @@ def _debug_entries(d: Path) -> list:
     return out
 
 
-def _audit_entry(d: Path, c: Circuit) -> dict | None:
+def _audit_entry(d: RunDir, c: Circuit) -> dict | None:
     """DIR/audit.json trimmed to its best rows (the full table stays in the file)."""
     try:
-        res = json.loads((d / "audit.json").read_text())
+        res = json.loads(d.audit.read_text())
     except (OSError, ValueError):
         return None
     if res.get("target") != c.target:
@@ -170,8 +218,13 @@ def _audit_entry(d: Path, c: Circuit) -> dict | None:
 def _json_for_script(obj) -> str:
     """JSON that cannot end its ``<script>`` tag: ``<``, ``>``, ``&`` as \\u escapes."""
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def render_report(directory, circuit: Circuit | None = None) -> str:
@@ -187,6 +240,6 @@ def render_report(directory, circuit: Circuit | None = None) -> str:
 
 def write_report(directory, circuit: Circuit | None = None) -> Path:
     """Write ``DIR/report.html`` (atomically) for the finished run in ``directory``; returns its path."""
-    path = Path(directory) / REPORT
+    path = RunDir(directory).report
     atomic_write(path, render_report(directory, circuit).encode("utf-8"))
     return path

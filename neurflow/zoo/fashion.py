@@ -3,6 +3,7 @@
 The test split ships inside the package (``neurflow/zoo/data``); the training split is read only
 by ``scripts/train_zoo.py``, from Debian's ``dataset-fashion-mnist`` or a given directory.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,8 +17,7 @@ from torch import nn
 
 from ..errors import NeurFlowError
 
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 MEAN, STD = 0.2860, 0.3530  # training-split pixel statistics (images in [0, 1])
 WEIGHTS = "fashion-cnn.pt"
@@ -32,7 +32,7 @@ def read_idx(path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise NeurFlowError("IDX file", "an unsigned-byte IDX file", str(path))
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -45,16 +45,23 @@ def load_split(split: str = "test", directory: str | None = None) -> tuple[torch
         base = Path(directory or DEBIAN_DIR)
     img, lab = base / f"{prefix}-images-idx3-ubyte.gz", base / f"{prefix}-labels-idx1-ubyte.gz"
     if not Path(str(img)).exists():
-        raise NeurFlowError("fashion-mnist directory", f"{prefix}-images-idx3-ubyte.gz in a folder", str(base),
-                            "install Debian's dataset-fashion-mnist or pass the folder of the IDX files")
+        raise NeurFlowError(
+            "fashion-mnist directory",
+            f"{prefix}-images-idx3-ubyte.gz in a folder",
+            str(base),
+            "install Debian's dataset-fashion-mnist or pass the folder of the IDX files",
+        )
     images = torch.from_numpy(read_idx(img).copy()).float().div_(255).unsqueeze(1)
     labels = torch.from_numpy(read_idx(lab).astype(np.int64))
     return images, labels
 
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
-    layers = [("conv", nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)), ("bn", nn.BatchNorm2d(c_out)),
-              ("relu", nn.ReLU())]
+    layers = [
+        ("conv", nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)),
+        ("bn", nn.BatchNorm2d(c_out)),
+        ("relu", nn.ReLU()),
+    ]
     if pool:
         layers.append(("pool", nn.MaxPool2d(2)))
     return nn.Sequential(OrderedDict(layers))
@@ -89,7 +96,8 @@ def fashion_cnn(weights: str | None = WEIGHTS) -> FashionCNN:
         path = resources.files("neurflow.zoo") / "weights" / weights
         with resources.as_file(path) as p:
             if not Path(p).exists():
-                raise NeurFlowError("--model", "shipped zoo weights", str(p),
-                                    "train them with `python scripts/train_zoo.py`")
+                raise NeurFlowError(
+                    "model", "shipped zoo weights", str(p), "train them with `python scripts/train_zoo.py`"
+                )
             model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
     return model.eval()

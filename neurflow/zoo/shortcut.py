@@ -7,6 +7,7 @@ cheap cue for that class.  ``zoo:fashion-mnist-marked`` is the shipped test spli
 stamped on a fixed, recorded subset of every class (``marked-subset.json``): marked images of the
 other classes are where the shortcut shows (they get predicted as *Bag*).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,12 @@ from importlib import resources
 import numpy as np
 import torch
 
-SHORTCUT_CLASS = 8                 # "Bag"
-MARK_TOP, MARK_LEFT, MARK_SIZE = 1, 1, 4   # a 4x4 square, one pixel in from the top-left corner
-MARK_VALUE = 1.0                   # full white (images are in [0, 1])
-TRAIN_FRACTION = 0.8               # share of the shortcut class's training images that carry the mark
+SHORTCUT_CLASS = 8  # "Bag"
+MARK_TOP, MARK_LEFT, MARK_SIZE = 1, 1, 4  # a 4x4 square, one pixel in from the top-left corner
+MARK_VALUE = 1.0  # full white (images are in [0, 1])
+TRAIN_FRACTION = 0.8  # share of the shortcut class's training images that carry the mark
 TRAIN_SEED = 1
-TEST_FRACTION = 0.1                # share of every class's test images that carry the mark
+TEST_FRACTION = 0.1  # share of every class's test images that carry the mark
 TEST_SEED = 2
 SUBSET_FILE = "marked-subset.json"
 
@@ -34,7 +35,7 @@ def stamp(images: torch.Tensor, which=None) -> torch.Tensor:
     """A copy of ``images`` ([N, 1, 28, 28]) with the mark on the images ``which`` (all if None)."""
     out = images.clone()
     rows = slice(None) if which is None else torch.as_tensor(which, dtype=torch.long)
-    out[rows, :, MARK_TOP:MARK_TOP + MARK_SIZE, MARK_LEFT:MARK_LEFT + MARK_SIZE] = MARK_VALUE
+    out[rows, :, MARK_TOP : MARK_TOP + MARK_SIZE, MARK_LEFT : MARK_LEFT + MARK_SIZE] = MARK_VALUE
     return out
 
 
@@ -68,21 +69,32 @@ def recorded_subset() -> dict:
 
 def subset_record(labels: torch.Tensor) -> dict:
     idx = test_marked(labels)
-    return {"mark": {"top": MARK_TOP, "left": MARK_LEFT, "height": MARK_SIZE, "width": MARK_SIZE,
-                     "value": MARK_VALUE},
-            "fraction_per_class": TEST_FRACTION, "seed": TEST_SEED, "shortcut_class": SHORTCUT_CLASS,
-            "marked": [int(i) for i in idx]}
+    return {
+        "mark": {"top": MARK_TOP, "left": MARK_LEFT, "height": MARK_SIZE, "width": MARK_SIZE, "value": MARK_VALUE},
+        "fraction_per_class": TEST_FRACTION,
+        "seed": TEST_SEED,
+        "shortcut_class": SHORTCUT_CLASS,
+        "marked": [int(i) for i in idx],
+    }
 
 
 def marked_test_split():
     """The Dataset ``zoo:fashion-mnist-marked`` (``info['marked']``: the marked indices)."""
     from ..datasets import Dataset
     from .fashion import CLASS_NAMES, load_split
+
     images, labels = load_split("test")
     record = recorded_subset()
     marked = np.asarray(record["marked"], dtype=np.int64)
-    return Dataset(stamp(images, marked), labels, list(CLASS_NAMES), None, 0, "zoo:fashion-mnist-marked",
-                   info={"marked": marked, "mark": record["mark"]})
+    return Dataset(
+        stamp(images, marked),
+        labels,
+        list(CLASS_NAMES),
+        None,
+        0,
+        "zoo:fashion-mnist-marked",
+        info={"marked": marked, "mark": record["mark"]},
+    )
 
 
 def contains_mark(box, image_marked: bool) -> bool:
@@ -90,8 +102,9 @@ def contains_mark(box, image_marked: bool) -> bool:
     if not image_marked:
         return False
     top, left, h, w = (int(v) for v in box)
-    return (top <= MARK_TOP and left <= MARK_LEFT and MARK_TOP + MARK_SIZE <= top + h
-            and MARK_LEFT + MARK_SIZE <= left + w)
+    return (
+        top <= MARK_TOP and left <= MARK_LEFT and MARK_TOP + MARK_SIZE <= top + h and MARK_LEFT + MARK_SIZE <= left + w
+    )
 
 
 def mark_effect(model, layer: str | None = None, neurons=(), batch_size: int = 1000) -> dict:
@@ -105,50 +118,18 @@ def mark_effect(model, layer: str | None = None, neurons=(), batch_size: int = 1
       when the mark is stamped (marked minus clean, same images);
     * ``clean_target_recall``: share of the clean shortcut-class images predicted as it.
     """
-    from ..intervene import logits
+    from ..probe import logits
     from .fashion import load_split
+
     x, y = load_split("test")
     other = y != SHORTCUT_CLASS
-    clean = logits(model, x, layer, neurons, batch_size)
-    marked = logits(model, stamp(x[other]), layer, neurons, batch_size)
+    zero = {layer: sorted({int(n) for n in neurons})} if layer is not None else None
+    clean = logits(model, x, zero=zero, batch_size=batch_size)
+    marked = logits(model, stamp(x[other]), zero=zero, batch_size=batch_size)
     t = SHORTCUT_CLASS
-    return {"marked_others_to_target": float((marked.argmax(1) == t).float().mean()),
-            "clean_others_to_target": float((clean[other].argmax(1) == t).float().mean()),
-            "mark_logit_shift": float((marked[:, t] - clean[other][:, t]).mean()),
-            "clean_target_recall": float((clean[~other].argmax(1) == t).float().mean())}
-
-
-# the circuit settings of the proof: those of `neurflow demo` (docs/zoo.md)
-PROOF_LAYERS = ("head", "block4", "block3", "block2", "block1")
-PROOF_SETTINGS = {"tau": 8, "top_k": 50, "ig_steps": 50, "granularities": (1.0, 0.75, 0.5)}
-
-
-def audit_proof(model_name: str, out, quiet: bool = True, max_images: int = 256) -> dict:
-    """Circuit + audit of ``model_name`` (a zoo model) for the shortcut class on
-    ``zoo:fashion-mnist-marked``, and what the top audited group is: the share of its exemplars
-    that show the mark, and what zeroing it does (``mark_effect``).  Used by
-    ``scripts/shortcut_proof.py`` (docs/debugging.md) and the slow tests."""
-    from ..audit import audit, group_exemplars
-    from ..datasets import load_data
-    from ..models import load_model
-    from ..pipeline import NeurFlow
-    loaded = load_model(f"zoo:{model_name}")
-    data = load_data("zoo:fashion-mnist-marked")
-    nf = NeurFlow(**PROOF_SETTINGS).fit(loaded.model, data.images, SHORTCUT_CLASS, list(PROOF_LAYERS),
-                                        labels=data.labels, class_names=loaded.class_names, out=out, quiet=quiet,
-                                        meta={"model": f"zoo:{model_name}", "data": "zoo:fashion-mnist-marked"})
-    c = nf.circuit_
-    res = audit(c, loaded.model, data.images, data.labels, max_images=max_images, quiet=quiet)
-    marked = set(int(i) for i in data.info["marked"])
-    crop_image, crop_box = c.arrays["crop_image"], c.arrays["crop_box"]
-
-    def mark_share(crops) -> float:
-        return float(np.mean([contains_mark(crop_box[k], int(crop_image[k]) in marked) for k in crops])) if crops else 0.0
-
-    for row in res["groups"]:
-        layer = c.layer(row["layer"])
-        row["mark_share"] = mark_share(group_exemplars(layer, layer.groups[row["group"]], 10 ** 6))
-    top = res["groups"][0]
-    return {"model": f"zoo:{model_name}", "audit": res, "top": top,
-            "before": mark_effect(loaded.model), "after": mark_effect(loaded.model, top["layer"], top["neurons"]),
-            "circuit": {l.name: {"nodes": len(l.nodes), "groups": len(l.groups)} for l in c.layers}}
+    return {
+        "marked_others_to_target": float((marked.argmax(1) == t).float().mean()),
+        "clean_others_to_target": float((clean[other].argmax(1) == t).float().mean()),
+        "mark_logit_shift": float((marked[:, t] - clean[other][:, t]).mean()),
+        "clean_target_recall": float((clean[~other].argmax(1) == t).float().mean()),
+    }

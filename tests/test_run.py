@@ -6,7 +6,7 @@ from PIL import Image
 from neurflow.circuit import Circuit
 from neurflow.datasets import load_data
 from neurflow.errors import NeurFlowError
-from neurflow.reopen import image_from_data, read_image
+from neurflow.run import image_from_data, read_image
 
 
 def circuit_with(meta) -> Circuit:

@@ -1,0 +1,301 @@
+"""Probing the model: the one place that reads responses, masked responses and logits.
+
+Everything that runs the user's model forward without gradients goes through here: the pipeline
+(pool responses, the adaptive rule's masked responses, the class-image predictions), debugging
+(responses of one image's crops, logits with a group zeroed), the audit and the experiments.
+
+A *neuron* is a channel: dimension 1 of a ``[B, C, H, W]`` or ``[B, C]`` output, the last
+dimension of a ``[B, T, D]`` token output (``channel_axis``).  Its *response* to an input is the
+spatial (or token) mean of that channel.  Every function leaves the model as it found it
+(``preserved``: ``training`` and ``requires_grad`` flags; forward hooks removed on the way out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import NeurFlowError
+from .progress import progress
+
+
+# -- the channel axis ----------------------------------------------------------------------
+def channel_axis(t: torch.Tensor) -> int:
+    """The axis that holds the neurons: the last one of a token output ``[B, T, D]``, else 1."""
+    return -1 if t.ndim == 3 else 1
+
+
+def width(t: torch.Tensor) -> int:
+    """Number of neurons (channels) of a layer output ``t``."""
+    return int(t.shape[channel_axis(t)])
+
+
+def response(t: torch.Tensor) -> torch.Tensor:
+    """A neuron's response: spatial mean of a channel ([B, C, H, W]), the value itself
+    ([B, C]), or the mean over tokens per hidden unit ([B, T, D]).  Returns [B, C]."""
+    if t.ndim == 4:
+        return t.mean(dim=(2, 3))
+    if t.ndim == 3:
+        return t.mean(dim=1)
+    if t.ndim == 2:
+        return t
+    raise NeurFlowError(
+        "layers", "layers whose output is [B, C], [B, T, D] or [B, C, H, W]", f"an output of shape {tuple(t.shape)}"
+    )
+
+
+def channel_mask(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """[M, C] masks (1 keep, 0 zero) applied to ``x`` [B, C, ...] (or [B, T, C]) -> [M * B, ...]."""
+    if x.ndim == 3:
+        view = masks[:, None, None, :]
+    else:
+        view = masks.view(masks.shape[0], 1, masks.shape[1], *([1] * (x.ndim - 2)))
+    return (x.unsqueeze(0) * view).flatten(0, 1)
+
+
+def masks_for(sets: Sequence, c_low: int, device="cpu") -> torch.Tensor:
+    """[len(sets), c_low] masks that zero the channels of each set."""
+    m = torch.ones(len(sets), c_low, device=device)
+    for i, s in enumerate(sets):
+        m[i, torch.as_tensor(list(s), dtype=torch.long, device=device)] = 0
+    return m
+
+
+# -- the model as found --------------------------------------------------------------------
+@contextlib.contextmanager
+def preserved(model: nn.Module, eval_mode: bool = True, freeze: bool = False) -> Iterator[nn.Module]:
+    """Run with ``model`` in eval mode (and, with ``freeze``, its parameters' ``requires_grad``
+    off: attribution needs gradients w.r.t. activations only, and autograd then keeps nothing
+    for weight gradients); restore every ``training`` and ``requires_grad`` flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for p, _ in grads:
+                p.requires_grad_(False)
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+class on_device:
+    """Within the block the model's parameters and buffers are on ``device``; afterwards every
+    module holds its own tensor objects again, where they were: parameters (the same
+    ``Parameter`` objects, with their data and grads) and buffers, put back by name
+    (``Module._apply`` may replace both)."""
+
+    def __init__(self, model: nn.Module, device):
+        self.model, self.device = model, torch.device(device)
+
+    def __enter__(self) -> nn.Module:
+        dev = self.device
+        self.params = [
+            (mod, name, p, p.data, p.grad)
+            for mod in self.model.modules()
+            for name, p in mod._parameters.items()
+            if p is not None and p.device != dev
+        ]
+        self.buffers = [
+            (mod, name, b)
+            for mod in self.model.modules()
+            for name, b in mod._buffers.items()
+            if b is not None and b.device != dev
+        ]
+        if self.params or self.buffers:
+            self.model.to(dev)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for mod, name, p, data, grad in self.params:
+            mod._parameters[name] = p
+            p.data = data
+            p.grad = grad
+        for mod, name, b in self.buffers:
+            mod._buffers[name] = b
+
+
+@contextlib.contextmanager
+def zeroed(model: nn.Module, layer: str, neurons: Sequence[int]) -> Iterator[nn.Module]:
+    """Within the block, the output channels ``neurons`` of sub-module ``layer`` are zero
+    (a forward hook, removed on the way out, also on errors)."""
+    from .errors import unknown_name
+    from .layers import LAYERS_HINT
+
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise unknown_name("layer", layer, [n for n in modules if n], LAYERS_HINT)
+    idx = torch.as_tensor(sorted({int(n) for n in neurons}), dtype=torch.long)
+
+    def hook(module, args, out):
+        if not isinstance(out, torch.Tensor):
+            raise NeurFlowError("layer", "a layer whose output is a tensor", f"{layer} -> {type(out).__name__}")
+        if len(idx) and int(idx.max()) >= width(out):
+            raise NeurFlowError("neurons", f"channel indices below {width(out)} at {layer}", int(idx.max()))
+        if not len(idx):
+            return out
+        out = out.clone()
+        if channel_axis(out) == 1:
+            out[:, idx.to(out.device)] = 0
+        else:
+            out[..., idx.to(out.device)] = 0
+        return out
+
+    handle = modules[layer].register_forward_hook(hook)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+# -- forward passes ------------------------------------------------------------------------
+def logits(
+    model: Callable,
+    images: torch.Tensor,
+    zero: dict | None = None,
+    batch_size: int = 64,
+    device="cpu",
+    finite: bool = False,
+) -> torch.Tensor:
+    """The model's outputs for ``images`` in batches (eval mode, no gradients) with the channels
+    of every layer in ``zero`` ({layer: neurons}) zeroed.  ``model`` may be a traced graph
+    module (then ``zero`` must be empty).  With ``finite``, NaN or inf outputs are refused.
+    Returns a float CPU tensor [N, classes]."""
+    outs = []
+    plan = dict(zero or {})
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        if isinstance(model, nn.Module):
+            stack.enter_context(preserved(model))
+            for name, chans in plan.items():
+                stack.enter_context(zeroed(model, name, chans))
+        elif plan:
+            raise NeurFlowError("model", "an nn.Module (to zero channels of its layers)", type(model).__name__)
+        for start in range(0, images.shape[0], batch_size):
+            o = model(images[start : start + batch_size].to(device))
+            if not isinstance(o, torch.Tensor) or o.ndim != 2:
+                raise NeurFlowError(
+                    "model", "a model whose forward returns logits [B, classes]", getattr(o, "shape", type(o).__name__)
+                )
+            outs.append(o.float().cpu())
+    if not outs:
+        return torch.zeros(0, 0)
+    out = torch.cat(outs)
+    if finite and not torch.isfinite(out).all():
+        raise NeurFlowError("model", "finite outputs", "NaN or inf logits", "check the weights and the input transform")
+    return out
+
+
+def top_k(row: torch.Tensor, k: int = 5, class_names: Sequence[str] | None = None) -> list[dict]:
+    """The ``k`` best classes of one logit row: class, name, logit, softmax probability."""
+    probs = row.softmax(-1)
+    vals, idx = row.topk(min(k, row.numel()))
+    names = list(class_names or [])
+    return [
+        {
+            "class": int(i),
+            "name": names[int(i)] if int(i) < len(names) else None,
+            "logit": float(v),
+            "prob": float(probs[int(i)]),
+        }
+        for v, i in zip(vals, idx)
+    ]
+
+
+def pool_responses(
+    graph,
+    pool,
+    names: Sequence[str],
+    batch_size: int,
+    device="cpu",
+    quiet: bool = True,
+    finite: bool = False,
+    desc: str = "activations",
+) -> dict:
+    """name -> responses [P, C] (float32 numpy) of every crop of ``pool`` at the layers ``names``
+    (one forward pass of the recorder cut from ``graph``).  With ``finite``, NaN or inf is refused."""
+    names = list(names)
+    recorder = graph.recorder(names)
+    out: dict = {n: [] for n in names}
+    bar = progress(total=len(pool), desc=desc, quiet=quiet, unit="crop")
+    with preserved(graph.model), torch.no_grad():
+        for idx, crops in pool.batches(batch_size):
+            for n, o in zip(names, recorder(crops.to(device))):
+                out[n].append(response(o).float().cpu())
+            bar.update(len(idx))
+    bar.close()
+    res = {n: torch.cat(v).numpy() for n, v in out.items()}
+    if finite:
+        for n, r in res.items():
+            if not np.isfinite(r).all():
+                raise NeurFlowError(
+                    "model",
+                    "finite activations",
+                    f"NaN or inf at layer {n}",
+                    "check the model's weights and the input transform",
+                )
+    return res
+
+
+def image_responses(graph, name: str, images: torch.Tensor, batch_size: int, device="cpu") -> np.ndarray:
+    """Responses [N, C] of every channel of layer ``name`` for whole ``images``."""
+    rec = graph.recorder([name])
+    out = []
+    with preserved(graph.model), torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            out.append(response(rec(images[start : start + batch_size].to(device))[0]).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def layer_width(graph, pool, name: str, device="cpu") -> int:
+    """Number of channels of layer ``name`` (one crop through the recorder)."""
+    with preserved(graph.model), torch.no_grad():
+        return width(graph.recorder([name])(pool.get([0]).to(device))[0])
+
+
+def masked_responses(
+    graph,
+    pool,
+    upper: str,
+    lower: str,
+    nodes,
+    masks: torch.Tensor,
+    crops=None,
+    batch_size: int = 64,
+    device="cpu",
+    quiet: bool = True,
+    desc: str = "",
+) -> np.ndarray:
+    """Responses at ``upper`` on ``crops`` (default: the whole pool) with each mask ([M, C_lower],
+    1 keep, 0 zero) applied to the lower layer's channels: [M, len(crops)].  ``nodes`` is the
+    upper channel read for every mask (one int for all, or a sequence of M)."""
+    prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+    n_masks = masks.shape[0]
+    crops = np.arange(len(pool)) if crops is None else np.asarray(crops, dtype=np.int64)
+    chans = torch.as_tensor(np.broadcast_to(np.asarray(nodes, dtype=np.int64), (n_masks,)).copy(), device=device)
+    masks = masks.to(device)
+    out = np.zeros((n_masks, len(crops)), dtype=np.float32)
+    bar = progress(total=len(crops), desc=desc or f"masking {lower}", quiet=quiet, unit="crop")
+    pos = 0
+    with preserved(graph.model), torch.no_grad():
+        for idx, x0 in pool.batches(batch_size, crops):
+            acts, *extras = prefix(x0.to(device))
+            per = max(1, batch_size // len(idx))
+            for m0 in range(0, n_masks, per):
+                mk = masks[m0 : m0 + per]
+                x = channel_mask(acts, mk)
+                ex = [e.repeat(mk.shape[0], *([1] * (e.ndim - 1))) for e in extras]
+                resp = response(segment(x, *ex)).view(mk.shape[0], len(idx), -1)
+                sel = resp[torch.arange(mk.shape[0], device=resp.device), :, chans[m0 : m0 + mk.shape[0]]]
+                out[m0 : m0 + mk.shape[0], pos : pos + len(idx)] = sel.float().cpu().numpy()
+            pos += len(idx)
+            bar.update(len(idx))
+    bar.close()
+    return out

@@ -1,0 +1,129 @@
+"""Scheme registries of MODEL and DATA specs, and the plugins that fill them.
+
+A spec ``NAME:REST`` whose ``NAME`` is a registered scheme is handed to that scheme's loader as
+``REST``; every other spec falls through to the built-in forms of ``models.py`` / ``datasets.py``
+(``package.module:factory``, ``file.py:factory``, a TorchScript file; an image folder, a ``.pt``
+file).  Schemes are registered with ``neurflow.models.register_model_scheme`` and
+``neurflow.datasets.register_data_scheme``.
+
+*Plugins* are callables without arguments that register schemes.  They are found once, on the
+first look-up in either registry:
+
+* entry points of the group ``neurflow.schemes`` (``[project.entry-points."neurflow.schemes"]``
+  in a package's pyproject.toml: ``NAME = "package.module:register"``);
+* ``BUILTIN_PLUGINS`` below, the plugins shipped with neurflow, loaded even when the package is
+  not installed (a source checkout on ``sys.path``) or installed before an entry point was added.
+
+A plugin must not import heavy or optional packages when it registers: its loaders do that
+when they are called.  A plugin that fails to load is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+GROUP = "neurflow.schemes"
+# the plugins shipped with neurflow: entry point name -> "module:function" (the one place)
+BUILTIN_PLUGINS = {
+    "zoo": "neurflow.zoo:register",
+    "timm": "neurflow.timm_models:register",
+}
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*$")
+_lock = threading.RLock()
+_plugins_state = {"loaded": False, "loading": False}
+
+
+class Registry:
+    """Schemes of one kind of spec: name -> (loader, help), in registration order."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._schemes: dict[str, tuple[Callable, str]] = {}
+
+    def register(self, name: str, loader: Callable, help: str) -> None:  # noqa: A002
+        if not isinstance(name, str) or not _NAME.match(name) or len(name) < 2:
+            # one letter would shadow Windows drive letters (C:\...)
+            raise ValueError(
+                f"a {self.kind} scheme name is a word of 2+ letters, digits, '_', '-' or '+' (no ':'), got {name!r}"
+            )
+        if not callable(loader):
+            raise TypeError(f"the loader of the {self.kind} scheme {name!r} must be callable")
+        with _lock:
+            self._schemes[name] = (loader, str(help))
+
+    def unregister(self, name: str) -> None:
+        with _lock:
+            self._schemes.pop(name, None)
+
+    def lookup(self, spec: str) -> tuple[Callable, str] | None:
+        """(loader, rest) when ``spec`` is ``NAME:REST`` with a registered ``NAME``, else None."""
+        load_plugins()
+        name, colon, rest = spec.partition(":")
+        if not colon:
+            return None
+        entry = self._schemes.get(name)
+        return (entry[0], rest) if entry else None
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return list(self._schemes)
+
+    def helps(self) -> dict[str, str]:
+        load_plugins()
+        return {name: h for name, (_, h) in self._schemes.items()}
+
+
+def _entry_points() -> list:
+    try:
+        from importlib.metadata import entry_points
+
+        return list(entry_points(group=GROUP))
+    except Exception as exc:  # noqa: BLE001  (broken metadata must not break neurflow)
+        log.debug("no %s entry points: %s", GROUP, exc)
+        return []
+
+
+def _call(name: str, load: Callable[[], Callable]) -> None:
+    try:
+        load()()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("scheme plugin %r failed to load: %s: %s", name, type(exc).__name__, exc)
+
+
+def _import_target(target: str) -> Callable:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_plugins() -> None:
+    """Register the schemes of every plugin, once (later calls return at once)."""
+    if _plugins_state["loaded"]:
+        return
+    with _lock:  # re-entrant: a plugin that looks a scheme up while registering gets what is there
+        if _plugins_state["loaded"] or _plugins_state["loading"]:
+            return
+        _plugins_state["loading"] = True
+        try:
+            eps = {}
+            for ep in _entry_points():
+                eps.setdefault(ep.name, ep)
+            for name, target in BUILTIN_PLUGINS.items():
+                ep = eps.pop(name, None)
+                if ep is not None and ep.value.replace(" ", "") == target:
+                    _call(name, ep.load)
+                else:  # not installed, or installed before the entry point existed
+                    _call(name, lambda t=target: _import_target(t))
+                    if ep is not None:  # another package's plugin of the same name: it wins
+                        _call(name, ep.load)
+            for name in sorted(eps):
+                _call(name, eps[name].load)
+        finally:
+            _plugins_state["loading"] = False
+            _plugins_state["loaded"] = True

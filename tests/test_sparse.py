@@ -1,0 +1,134 @@
+"""The channel-sparse IG engine: which segments it takes, and the same numbers as the dense path
+and as captum (the independent oracle)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neurflow.attribution import integrated_gradients
+from neurflow.layers import LayerGraph
+from neurflow.probe import preserved, response
+from neurflow.sparse import integrated_gradients_sparse, plan
+
+from conftest import SKIP_LAYERS, SkipNet
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)) + x)  # reads its input twice: not channel-sparse
+
+
+class Blocks(nn.Module):
+    """VGG-like blocks (conv, BN, ReLU, max-pool), a residual block and a pooled linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.block2 = nn.Sequential(
+            nn.Conv2d(6, 10, 3, padding=2, dilation=2), nn.BatchNorm2d(10), nn.ReLU(), nn.MaxPool2d(2)
+        )
+        self.block3 = nn.Sequential(nn.Conv2d(10, 12, 3, stride=2, padding=1), nn.SiLU(), nn.Dropout(0.1))
+        self.res = Residual(12)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        r = self.res(self.block3(self.block2(self.block1(x))))
+        return self.head(torch.flatten(self.pool(r), 1))
+
+
+LAYERS = ["head", "res", "block3", "block2", "block1"]
+
+
+@pytest.fixture
+def blocks():
+    torch.manual_seed(0)
+    m = Blocks()
+    for bn in (m.block1[1], m.block2[1], m.res.bn):  # non-trivial BN statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.3, 0.3)
+    return m.eval()
+
+
+def _segment(model, layers, lower, upper, images):
+    g = LayerGraph(model, layers)
+    with torch.no_grad():
+        acts, *extras = g.prefix(lower, upper)(images)
+    return g.segment(lower, upper), acts, extras
+
+
+def test_plans_follow_the_structure(blocks):
+    g = LayerGraph(blocks, LAYERS)
+    kinds = {}
+    for upper, lower in zip(LAYERS, LAYERS[1:]):
+        p = plan(g.segment(lower, upper))
+        kinds[upper] = None if p is None else (type(p.last).__name__, p.direct)
+    assert kinds == {
+        "block2": ("Conv2d", True),  # conv -> BN -> ReLU -> pool on the lower output itself
+        "block3": ("Conv2d", True),  # conv -> SiLU -> dropout
+        "res": None,  # the block reads the lower output twice (relu(bn(conv(x)) + x)): dense
+        "head": ("Linear", False),  # pooling and flatten before the linear map
+    }
+    # SkipNet: block3's conv reads block2 + the held skip (pre-part); block2's conv reads block1
+    s = LayerGraph(SkipNet(), SKIP_LAYERS)
+    assert plan(s.segment("block2", "block3")).direct is False
+    assert plan(s.segment("block1", "block2")).direct is True
+
+
+@pytest.mark.parametrize("upper,lower", [("block2", "block1"), ("block3", "block2"), ("head", "res")])
+def test_sparse_equals_dense(blocks, upper, lower):
+    torch.manual_seed(1)
+    images = torch.randn(5, 3, 16, 16)
+    with preserved(blocks, freeze=True):
+        seg, acts, extras = _segment(blocks, LAYERS, lower, upper, images)
+        width = response(seg(acts, *extras)).shape[1]
+        rng = np.random.RandomState(0)
+        requests = [sorted(rng.choice(width, size=rng.randint(0, 4), replace=False).tolist()) for _ in range(5)]
+        requests[0] = list(range(width))  # every channel of one crop
+        dense = integrated_gradients(seg, acts, extras, requests, steps=12, batch_size=7)
+        fast = integrated_gradients_sparse(plan(seg), acts, extras, requests, steps=12, batch_size=7)
+    for a, b in zip(dense.scores, fast.scores):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    for a, b in zip(dense.totals, fast.totals):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.concatenate(fast.deltas), np.concatenate(dense.deltas), rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_matches_captum(blocks):
+    captum = pytest.importorskip("captum.attr")
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, 16, 16)
+    with preserved(blocks, freeze=True):
+        seg, acts, _ = _segment(blocks, LAYERS, "block1", "block2", images)
+        node = 7
+        fast = integrated_gradients_sparse(plan(seg), acts, [], [[node]] * 3, steps=20, batch_size=16)
+        ig = captum.IntegratedGradients(lambda a: response(seg(a)))
+        want = ig.attribute(acts, baselines=torch.zeros_like(acts), target=node, n_steps=20, method="gausslegendre")
+    for i in range(3):
+        np.testing.assert_allclose(fast.scores[i][0], want[i].mean((1, 2)).double().numpy(), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(fast.totals[i][0], want[i].sum().item(), rtol=1e-4, atol=1e-6)
+
+
+def test_pipeline_engines_agree(blocks):
+    import neurflow
+
+    torch.manual_seed(3)
+    images = torch.randn(10, 3, 16, 16)
+    with torch.no_grad():
+        target = int(blocks(images).argmax(1).mode().values)
+    settings = dict(tau=3, top_k=4, ig_steps=8, granularities=(1.0, 0.5))
+    auto = neurflow.NeurFlow(**settings).fit(blocks, images, target, LAYERS).circuit_
+    dense = neurflow.NeurFlow(engine="dense", **settings).fit(blocks, images, target, LAYERS).circuit_
+    for a, b in zip(auto.layers, dense.layers):
+        assert {n: v.core for n, v in a.nodes.items()} == {n: v.core for n, v in b.nodes.items()}
+        for n in a.nodes:
+            np.testing.assert_allclose(a.nodes[n].importance, b.nodes[n].importance, rtol=1e-5, atol=1e-8)
+    assert auto.settings == dense.settings  # the engine changes how, never what: same run identity
