@@ -18,7 +18,7 @@ from .errors import NeurFlowError
 from .layers import LayerGraph
 from .probe import layer_width, masked_responses, masks_for, preserved
 from .progress import progress
-from .sparse import integrated_gradients_sparse, plan
+from .sparse import fits, integrated_gradients_sparse, masked_prefix_responses, plan
 
 log = logging.getLogger(__name__)
 N_DISPLAY = 5
@@ -98,21 +98,13 @@ def adaptive_lengths(
     if not pairs:
         return {}
     k = len(next(iter(exemplars.values())))
-    c_low = layer_width(graph, pool, lower, cfg.device)
-    masks = masks_for([ranked[n][:r] for n, r in pairs], c_low, cfg.device)
-    out = masked_responses(
-        graph,
-        pool,
-        upper,
-        lower,
-        [n for n, _ in pairs],
-        masks,
-        None,
-        cfg.batch_size,
-        cfg.device,
-        quiet,
-        desc=f"adaptive tau {upper}",
-    )
+    sparse = plan(graph.segment(lower, upper), graph.leaf_modules) if cfg.engine == "auto" else None
+    out = _prefix_masked_sparse(sparse, graph, pool, upper, lower, ranked, cfg, quiet) if sparse else None
+    if out is None:
+        c_low = layer_width(graph, pool, lower, cfg.device)
+        masks = masks_for([ranked[n][:r] for n, r in pairs], c_low, cfg.device)
+        out = masked_responses(graph, pool, upper, lower, [n for n, _ in pairs], masks, None, cfg.batch_size,
+                               cfg.device, quiet, desc=f"adaptive tau {upper}")  # fmt: skip
     lengths, i = {}, 0
     for n in nodes:
         top = set(int(c) for c in exemplars[n])
@@ -124,6 +116,29 @@ def adaptive_lengths(
         limit = min(overlaps) + eps
         lengths[n] = next((r + 1 for r, o in enumerate(overlaps) if o < limit), len(overlaps))
     return lengths
+
+
+def _prefix_masked_sparse(sparse, graph, pool, upper, lower, ranked, cfg, quiet) -> np.ndarray | None:
+    """The adaptive rule's masked responses through ``sparse.masked_prefix_responses`` (a direct
+    channel-sparse plan), [pairs, pool]; None where the plan does not apply."""
+    if not sparse.direct:
+        return None
+    tail = sparse.tail()
+    prefix = graph.prefix(lower, upper)
+    ranked_list = [(n, [int(j) for j in ranked[n]]) for n in ranked]
+    out = np.zeros((sum(len(js) for _, js in ranked_list), len(pool)), dtype=np.float32)
+    bar = progress(total=len(pool), desc=f"adaptive tau {upper}", quiet=quiet, unit="crop")
+    with preserved(graph.model), torch.no_grad():
+        for idx, crops in pool.batches(cfg.batch_size):
+            acts, *extras = prefix(crops.to(cfg.device))
+            if not fits(sparse, acts, extras):
+                bar.close()
+                return None
+            resp = masked_prefix_responses(sparse, acts, extras, ranked_list, tail)
+            out[:, idx] = resp.float().cpu().numpy()
+            bar.update(len(idx))
+    bar.close()
+    return out
 
 
 def normalise(raw: dict, rule: str) -> dict:

@@ -60,6 +60,31 @@ class Plan:
     module: fx.GraphModule
     last: nn.Module  # L: an nn.Conv2d (groups 1, zero padding) or nn.Linear
     direct: bool  # L's input is the segment input itself
+    node: fx.Node | None = None  # L's node in ``module.graph``
+
+    def tail(self) -> fx.GraphModule:
+        """(z = L's output, *extras) -> the segment's output: the channel-wise part alone."""
+        assert self.node is not None
+        graph = self.module.graph
+        out = next(n for n in graph.nodes if n.op == "output")
+        needed, stack = set(), [out.args[0]]
+        while stack:
+            n = stack.pop()
+            if n in needed or n is self.node:
+                continue
+            needed.add(n)
+            stack.extend(n.all_input_nodes)
+        g = fx.Graph()
+        env = {self.node: g.placeholder("z")}
+        for ph in [n for n in graph.nodes if n.op == "placeholder"][1:]:  # the extras, in order
+            env[ph] = g.placeholder(ph.name)
+        for n in graph.nodes:
+            if n in needed and n not in env:
+                if n.op == "placeholder":
+                    raise ValueError("the tail reads the segment input")
+                env[n] = g.node_copy(n, lambda a: env[a])
+        g.output(env[out.args[0]])
+        return fx.GraphModule(self.module, g)
 
 
 class _FlatTracer(fx.Tracer):
@@ -101,7 +126,7 @@ def plan(segment: nn.Module, leaf_modules: Sequence[type] = ()) -> Plan | None:
         return None
     if not node.args or not isinstance(node.args[0], fx.Node) or node.kwargs:
         return None
-    return Plan(gm, last, direct=node.args[0] is x)
+    return Plan(gm, last, direct=node.args[0] is x, node=node)
 
 
 def _descendants(start: fx.Node) -> set:
@@ -163,6 +188,13 @@ def fits(p: Plan, acts: torch.Tensor, extras: Sequence[torch.Tensor]) -> bool:
     return z.ndim == want and out.ndim in (2, 4) and out.shape[1] == z.shape[1]
 
 
+def _bias(last: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """L's bias shaped to broadcast over its output ``z`` (zero without a bias)."""
+    if last.bias is None:
+        return torch.zeros((), dtype=z.dtype, device=z.device)
+    return last.bias.detach().to(z.dtype).view(1, -1, *([1] * (z.ndim - 2)))
+
+
 def _transpose(last: nn.Module, g: torch.Tensor, chans: torch.Tensor, input_shape) -> torch.Tensor:
     """For each row i: the gradient at L's input of ``g[i]`` (a gradient at L's output channel
     ``chans[i]``, [H', W'] or a scalar), through L restricted to that channel: [rows, *input_shape]."""
@@ -216,17 +248,29 @@ def integrated_gradients_sparse(
     item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
     item_step = np.tile(np.arange(steps), len(order))
     gsum: torch.Tensor | None = None  # direct: sum over steps of w_s * dz, per row [rows, C_out, ...]
+    tail = p.tail() if p.direct else None
+    if p.direct:  # L is linear: L(alpha x) = alpha (L(x) - bias) + bias, one L per row for every step
+        with torch.no_grad():
+            zlin = p.last(acts)
+            bias = _bias(p.last, zlin)
+            zlin = zlin - bias
     with _Capture(p.last) as cap:
         for start in range(0, len(item_row), batch_size):
             rows_np = item_row[start : start + batch_size]
             rows = torch.from_numpy(rows_np).to(acts.device)
             stp = torch.from_numpy(item_step[start : start + batch_size]).to(acts.device)
             base = acts[rows]
-            shape = (-1,) + (1,) * (base.ndim - 1)
-            x = (alphas_t[stp].view(shape) * base).detach().requires_grad_(not p.direct)
             ex = [e[rows] for e in extras]
             with torch.enable_grad():
-                r = response(gm(x, *ex))
+                if tail is not None:
+                    shape = (-1,) + (1,) * (zlin.ndim - 1)
+                    cap.z = (alphas_t[stp].view(shape) * zlin[rows] + bias).requires_grad_(True)
+                    cap.u = base
+                    r = response(tail(cap.z, *ex))
+                else:
+                    shape = (-1,) + (1,) * (base.ndim - 1)
+                    x = (alphas_t[stp].view(shape) * base).detach().requires_grad_(True)
+                    r = response(gm(x, *ex))
                 go = torch.zeros_like(r)
                 item_counts = counts[rows_np]
                 for g in range(int(item_counts.max())):  # every requested channel of every item at once
@@ -266,3 +310,48 @@ def integrated_gradients_sparse(
         return [a[offsets[i] : offsets[i + 1]] for i in range(n_rows)]
 
     return IGResult(split(scores.numpy()), split(totals.numpy()), split(deltas))
+
+
+def masked_prefix_responses(
+    p: Plan,
+    acts: torch.Tensor,
+    extras: Sequence[torch.Tensor],
+    ranked: Sequence[tuple[int, Sequence[int]]],
+    tail: fx.GraphModule,
+) -> torch.Tensor:
+    """The adaptive rule's masked responses, channel-sparsely (direct plans only): for every
+    (node n, ranked channels j_1..j_t) of ``ranked`` and r = 1..t, node n's response with the
+    channels j_1..j_r of ``acts`` zeroed: [sum of t, B].
+
+    L is linear, so L(acts with j_1..j_r zeroed)_n = L(acts)_n - sum_{i <= r} (j_i's part of it):
+    one grouped 1-in-1-out map per (node, channel) and a running sum give every prefix mask at
+    once; only the channel-wise tail runs per mask."""
+    assert p.direct
+    last = p.last
+    b = acts.shape[0]
+    with torch.no_grad():
+        z = last(acts)
+        nodes = torch.as_tensor([n for n, js in ranked for _ in js], device=acts.device)
+        chans = torch.as_tensor([int(j) for _, js in ranked for j in js], device=acts.device)
+        w = last.weight[nodes, chans]  # [P, kh, kw] or [P]
+        if isinstance(last, nn.Conv2d):
+            parts = F.conv2d(acts[:, chans], w.unsqueeze(1), None, last.stride, last.padding, last.dilation,
+                             groups=len(chans))  # fmt: skip
+        else:
+            parts = acts[:, chans] * w
+        ends = np.cumsum([len(js) for _, js in ranked])
+        starts = np.concatenate([[0], ends[:-1]])
+        cum = torch.cat([parts[:, s:e].cumsum(1) for s, e in zip(starts, ends)], 1)  # [B, P, ...]
+        masked = z[:, nodes] - cum  # L's output channel n with the prefix mask, [B, P, ...]
+        # the tail is channel-wise, so one pass evaluates one mask per channel: round r puts every
+        # node's r-th prefix mask into its own channel (max t passes instead of sum of t)
+        out = torch.empty(len(chans), b, dtype=z.dtype, device=z.device)
+        pos = [(i, r) for i, (_, js) in enumerate(ranked) for r in range(len(js))]
+        for r in range(max(len(js) for _, js in ranked)):
+            pairs = [k for k, (_, rr) in enumerate(pos) if rr == r]
+            ks = torch.as_tensor(pairs, device=z.device)
+            zz = z.clone()
+            zz[:, nodes[ks]] = masked[:, ks]
+            resp = response(tail(zz, *extras))
+            out[ks] = resp[:, nodes[ks]].transpose(0, 1)
+    return out

@@ -132,3 +132,24 @@ def test_pipeline_engines_agree(blocks):
         for n in a.nodes:
             np.testing.assert_allclose(a.nodes[n].importance, b.nodes[n].importance, rtol=1e-5, atol=1e-8)
     assert auto.settings == dense.settings  # the engine changes how, never what: same run identity
+
+
+@pytest.mark.parametrize("upper,lower", [("block2", "block1"), ("block3", "block2")])
+def test_prefix_masks_equal_masking_the_input(blocks, upper, lower):
+    from neurflow.crops import CropPool
+    from neurflow.probe import masked_responses, masks_for
+    from neurflow.sparse import masked_prefix_responses
+
+    torch.manual_seed(4)
+    pool = CropPool(torch.randn(3, 3, 16, 16), (1.0, 0.5))
+    g = LayerGraph(blocks, LAYERS)
+    ranked = [(0, [3, 1, 4]), (5, [2]), (2, [0, 5, 1, 2])]
+    sets = [js[:r] for _, js in ranked for r in range(1, len(js) + 1)]
+    with preserved(blocks):
+        width = g.recorder([lower])(pool.get([0]))[0].shape[1]
+        want = masked_responses(g, pool, upper, lower, [n for n, js in ranked for _ in js], masks_for(sets, width))
+        p = plan(g.segment(lower, upper))
+        with torch.no_grad():
+            acts, *extras = g.prefix(lower, upper)(pool.get(range(len(pool))))
+        got = masked_prefix_responses(p, acts, extras, ranked, p.tail())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
