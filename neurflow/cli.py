@@ -38,11 +38,11 @@ def _show(default) -> str:
     return str(default)
 
 
-def add_flags(p, cls, skip: typing.Collection[str] = ()) -> None:
+def add_flags(p, cls, skip: typing.Collection[str] = (), only: typing.Collection[str] | None = None) -> None:
     """One flag per field of the dataclass ``cls`` (help, default, type and choices from the field)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
         kind, default = hints[f.name], f.default
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="default: runs/demo-MODEL-CLASS")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_flags(p, NeurFlowConfig, only=("device", "threads", "batch_size", "engine"))
 
     p = sub.add_parser("show", help="text summary of a saved circuit")
     p.add_argument("directory", metavar="DIR")
@@ -263,7 +264,8 @@ def _finish_run(circuit, out, note: str = "", seconds: float | None = None) -> i
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    nf, out, seconds, demo = run_demo(args.model, args.target, args.out, args.quiet, args.overwrite)
+    runtime = {k: getattr(args, k) for k in ("device", "threads", "batch_size", "engine")}
+    nf, out, seconds, demo = run_demo(args.model, args.target, args.out, args.quiet, args.overwrite, **runtime)
     return _finish_run(nf.circuit_, out, demo.note, seconds)
 
 

@@ -48,6 +48,9 @@ class NeurFlowConfig:
         ENGINES,
     )
     batch_size: int = _setting(64, "batch size (bounds peak memory)")
+    threads: int | None = _setting(
+        None, "CPU threads for torch (default: the CPUs this process may run on, its affinity)"
+    )
     device: str = _setting("cpu", "cpu or cuda")
     seed: int = _setting(0, "random seed")
 
@@ -91,6 +94,12 @@ class NeurFlowConfig:
         need(self.selection in SELECTIONS, "selection", " or ".join(SELECTIONS), self.selection)
         need(self.engine in ENGINES, "engine", " or ".join(ENGINES), self.engine)
         need(
+            self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+            "threads",
+            "an integer >= 1",
+            self.threads,
+        )
+        need(
             isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size
         )
 
@@ -106,9 +115,9 @@ class NeurFlowConfig:
         return cls(**kw)
 
     def method_dict(self) -> dict:
-        """Settings that change the result (device, batch size and engine do not)."""
+        """Settings that change the result (device, batch size, engine and threads do not)."""
         d = self.to_dict()
-        for key in ("device", "batch_size", "engine"):
+        for key in ("device", "batch_size", "engine", "threads"):
             d.pop(key)
         return d
 

@@ -64,8 +64,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "class"
 
 
-def run_demo(model: str = "fashion-cnn", target=None, out=None, quiet: bool = False, overwrite: bool = False):
-    """Run a demo; returns (fitted NeurFlow, output directory, wall seconds, Demo)."""
+def run_demo(
+    model: str = "fashion-cnn", target=None, out=None, quiet: bool = False, overwrite: bool = False, **runtime
+):
+    """Run a demo; returns (fitted NeurFlow, output directory, wall seconds, Demo).  ``runtime``:
+    settings that do not change the circuit (``device``, ``threads``, ``batch_size``, ``engine``)."""
     from .datasets import load_data
     from .models import load_model
     from .pipeline import NeurFlow
@@ -80,7 +83,7 @@ def run_demo(model: str = "fashion-cnn", target=None, out=None, quiet: bool = Fa
     t0 = time.perf_counter()
     loaded = load_model(demo.model)
     data = load_data(demo.data)
-    cfg = NeurFlowConfig(**demo.settings)
+    cfg = NeurFlowConfig(**demo.settings, **{k: v for k, v in runtime.items() if v is not None})
     prov = Provenance(
         model_spec=demo.model,
         data_spec=demo.data,

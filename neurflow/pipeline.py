@@ -27,7 +27,7 @@ from .data import select_class_images
 from .errors import NeurFlowError, unknown_name
 from .groups import assemble
 from .layers import LayerGraph
-from .probe import logits, on_device, pool_responses, preserved
+from .probe import logits, on_device, pool_responses, preserved, threads
 from .provenance import Provenance
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,12 @@ class NeurFlow:
             raise NeurFlowError("images", "a float tensor [N, C, H, W]", getattr(images, "shape", type(images)))
         timings: dict = {}
         # seeded without touching the caller's global generator
-        with torch.random.fork_rng(devices=[]), preserved(model, freeze=True), on_device(model, cfg.device):
+        with (
+            torch.random.fork_rng(devices=[]),
+            preserved(model, freeze=True),
+            on_device(model, cfg.device),
+            threads(cfg.threads),
+        ):
             torch.manual_seed(cfg.seed)
             graph = LayerGraph(model, layers, leaf_modules)
             t = time.perf_counter()

@@ -13,6 +13,7 @@ spatial (or token) mean of that channel.  Every function leaves the model as it 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -121,6 +122,28 @@ class on_device:
             p.grad = grad
         for mod, name, b in self.buffers:
             mod._buffers[name] = b
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or a job's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[int]:
+    """torch's intra-op threads set to ``n`` (default: ``available_cpus()``) within the block,
+    restored afterwards.  More threads than the CPUs one may use make OpenMP's threads wait on
+    each other (and spin) whenever another process competes for the cores."""
+    before = torch.get_num_threads()
+    n = n or available_cpus()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

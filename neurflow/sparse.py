@@ -208,6 +208,140 @@ def _transpose(last: nn.Module, g: torch.Tensor, chans: torch.Tensor, input_shap
     ).view(rows, *input_shape)  # fmt: skip
 
 
+class _SubTail(fx.Interpreter):
+    """The channel-wise tail evaluated on a subset of its channels: BatchNorm's statistics and
+    affine parameters, and any held tensor with the full channel count, are sliced to them."""
+
+    def __init__(self, tail: fx.GraphModule, width: int):
+        super().__init__(tail)
+        self.width = width
+        self.ch = torch.zeros(0, dtype=torch.long)
+        self.first = True
+
+    def sub(self, z: torch.Tensor, ch: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
+        self.ch, self.first = ch, True
+        return self.run(z, *extras)
+
+    def _slice(self, v):
+        if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[1] == self.width:
+            return v[:, self.ch]
+        return v
+
+    def placeholder(self, target, args, kwargs):
+        v = super().placeholder(target, args, kwargs)
+        if self.first:  # z: already the channel subset
+            self.first = False
+            return v
+        return self._slice(v)
+
+    def get_attr(self, target, args, kwargs):
+        v = super().get_attr(target, args, kwargs)
+        if isinstance(v, torch.Tensor) and v.ndim == 1 and v.shape[0] == self.width:
+            return v[self.ch]
+        return self._slice(v)
+
+    def call_module(self, target, args, kwargs):
+        m = self.fetch_attr(target)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training:
+            ch = self.ch
+
+            def pick(t):
+                return None if t is None else t[ch]
+
+            return F.batch_norm(args[0], pick(m.running_mean), pick(m.running_var), pick(m.weight), pick(m.bias),
+                                False, 0.0, m.eps)  # fmt: skip
+        return super().call_module(target, args, kwargs)
+
+
+def _ig_direct(p: Plan, acts, extras, requests, steps: int, batch_size: int, offsets, scores, totals) -> None:
+    """IG of a direct plan: L(alpha x) = alpha (L(x) - b) + b, so one L per crop serves every step;
+    the tail runs on the channels the crop's nodes need only; the weighted sum over the steps of
+    the tail gradient goes through L transposed once per (node, crop)."""
+    alphas, weights = gauss_legendre(steps)
+    tail = _SubTail(p.tail(), int(p.last.weight.shape[0]))
+    with torch.no_grad():
+        zfull = p.last(acts)
+        bias = _bias(p.last, zfull)
+        zlin = zfull - bias
+    a_t = torch.as_tensor(alphas, dtype=zlin.dtype, device=zlin.device)
+    w_t = torch.as_tensor(weights, dtype=zlin.dtype, device=zlin.device)
+    rows_all = [r for r in range(acts.shape[0]) if len(requests[r])]
+    per = max(1, batch_size // steps)
+    for c0 in range(0, len(rows_all), per):
+        rows = rows_all[c0 : c0 + per]
+        ch_np = np.unique(np.concatenate([np.asarray(requests[r], dtype=np.int64) for r in rows]))
+        ch = torch.from_numpy(ch_np).to(zlin.device)
+        pos = {int(c): i for i, c in enumerate(ch_np)}
+        want = torch.zeros(len(rows), len(ch_np), dtype=zlin.dtype, device=zlin.device)
+        for i, r in enumerate(rows):
+            want[i, [pos[int(c)] for c in requests[r]]] = 1
+        rows_t = torch.as_tensor(rows, device=zlin.device)
+        sub_b = bias[:, ch] if bias.ndim else bias
+        lin = zlin[rows_t][:, ch]  # [nr, |ch|, ...]
+        z = (a_t.view(1, -1, *([1] * (lin.ndim - 1))) * lin.unsqueeze(1)).flatten(0, 1) + sub_b
+        z.requires_grad_(True)
+        ex = [e[rows_t].repeat_interleave(steps, 0) for e in extras]
+        with torch.enable_grad():
+            r = response(tail.sub(z, ch, *ex))  # [nr * steps, |ch|]
+            go = (want.unsqueeze(1) * w_t.view(1, -1, 1)).flatten(0, 1)
+            (dz,) = torch.autograd.grad(r, z, go)
+        gsum = dz.double().view(len(rows), steps, *dz.shape[1:]).sum(1)  # [nr, |ch|, ...]
+        for i, row in enumerate(rows):
+            sl = slice(int(offsets[row]), int(offsets[row + 1]))
+            idx = torch.as_tensor([pos[int(c)] for c in requests[row]], device=gsum.device)
+            chans = torch.as_tensor(list(requests[row]), device=gsum.device)
+            grad = _transpose(p.last, gsum[i, idx], chans, tuple(acts.shape[1:]))
+            attr = acts[row].double().unsqueeze(0) * grad
+            scores[sl] = response(attr).cpu()
+            totals[sl] = attr.flatten(1).sum(1).cpu()
+
+
+def _ig_through_prefix(p: Plan, acts, extras, requests, steps: int, batch_size: int, offsets, scores, totals):
+    """IG of a plan whose L reads something computed from the input: per step one forward, one
+    backward of all nodes through the tail, then per node L transposed on its one channel and a
+    backward through the part before L."""
+    alphas, weights = gauss_legendre(steps)
+    alphas_t = torch.as_tensor(alphas, dtype=acts.dtype, device=acts.device)
+    weights_t = torch.as_tensor(weights, dtype=acts.dtype, device=acts.device)
+    counts = np.asarray([len(r) for r in requests], dtype=np.int64)
+    chan_of_slot = np.asarray([c for r in requests for c in r], dtype=np.int64)
+    order = [r for r in np.argsort(-counts, kind="stable") if counts[r]]
+    item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
+    item_step = np.tile(np.arange(steps), len(order))
+    with _Capture(p.last) as cap:
+        for start in range(0, len(item_row), batch_size):
+            rows_np = item_row[start : start + batch_size]
+            rows = torch.from_numpy(rows_np).to(acts.device)
+            stp = torch.from_numpy(item_step[start : start + batch_size]).to(acts.device)
+            base = acts[rows]
+            shape = (-1,) + (1,) * (base.ndim - 1)
+            x = (alphas_t[stp].view(shape) * base).detach().requires_grad_(True)
+            ex = [e[rows] for e in extras]
+            item_counts = counts[rows_np]
+            with torch.enable_grad():
+                r = response(p.module(x, *ex))
+                go = torch.zeros_like(r)
+                for g in range(int(item_counts.max())):  # every requested channel of every item at once
+                    have = np.nonzero(item_counts > g)[0]
+                    chans = torch.from_numpy(chan_of_slot[offsets[rows_np[have]] + g]).to(r.device)
+                    go[torch.from_numpy(have).to(r.device), chans] = weights_t[stp[torch.from_numpy(have)]]
+                assert cap.z is not None and cap.u is not None
+                (dz,) = torch.autograd.grad(r, cap.z, go)
+                u = cap.u
+                for g in range(int(item_counts.max())):
+                    have = np.nonzero(item_counts > g)[0]
+                    slot = offsets[rows_np[have]] + g
+                    idx = torch.from_numpy(have).to(dz.device)
+                    chans = torch.from_numpy(chan_of_slot[slot]).to(dz.device)
+                    du = torch.zeros_like(u)
+                    du[idx] = _transpose(p.last, dz[idx, chans], chans, tuple(u.shape[1:])).to(u.dtype)
+                    (grad,) = torch.autograd.grad(u, x, du, retain_graph=g < int(item_counts.max()) - 1)
+                    attr = base[idx] * grad[idx]
+                    slot_t = torch.from_numpy(slot)
+                    scores.index_add_(0, slot_t, response(attr).double().cpu())
+                    totals.index_add_(0, slot_t, attr.flatten(1).sum(1).double().cpu())
+
+
 def integrated_gradients_sparse(
     p: Plan,
     acts: torch.Tensor,
@@ -222,89 +356,33 @@ def integrated_gradients_sparse(
     n_rows = acts.shape[0]
     if not fits(p, acts, extras):
         return None
-    alphas, weights = gauss_legendre(steps)
-    alphas_t = torch.as_tensor(alphas, dtype=acts.dtype, device=acts.device)
-    weights_t = torch.as_tensor(weights, dtype=acts.dtype, device=acts.device)
     counts = np.asarray([len(r) for r in requests], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
-    chan_of_slot = np.asarray([c for r in requests for c in r], dtype=np.int64)
     n_slots = int(offsets[-1])
     c_low = acts.shape[1]
     scores = torch.zeros(n_slots, c_low, dtype=torch.float64)
     totals = torch.zeros(n_slots, dtype=torch.float64)
     deltas = np.zeros(n_slots)
 
+    tail = p.tail() if p.direct else None
     with torch.no_grad():  # h(A) - h(0) for the completeness gap
         for start in range(0, n_rows, batch_size):
             sl = slice(start, start + batch_size)
             ex = [e[sl] for e in extras]
-            h = response(gm(acts[sl], *ex)) - response(gm(torch.zeros_like(acts[sl]), *ex))
+            if tail is not None:  # direct: L(0) is L's bias
+                z = p.last(acts[sl])
+                h = response(tail(z, *ex)) - response(tail(_bias(p.last, z).expand_as(z).contiguous(), *ex))
+            else:
+                h = response(gm(acts[sl], *ex)) - response(gm(torch.zeros_like(acts[sl]), *ex))
             diff = h.double().cpu().numpy()
             for i in range(diff.shape[0]):
                 row = start + i
                 deltas[offsets[row] : offsets[row + 1]] = diff[i, list(requests[row])]
 
-    order = [r for r in np.argsort(-counts, kind="stable") if counts[r]]
-    item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
-    item_step = np.tile(np.arange(steps), len(order))
-    gsum: torch.Tensor | None = None  # direct: sum over steps of w_s * dz, per row [rows, C_out, ...]
-    tail = p.tail() if p.direct else None
-    if p.direct:  # L is linear: L(alpha x) = alpha (L(x) - bias) + bias, one L per row for every step
-        with torch.no_grad():
-            zlin = p.last(acts)
-            bias = _bias(p.last, zlin)
-            zlin = zlin - bias
-    with _Capture(p.last) as cap:
-        for start in range(0, len(item_row), batch_size):
-            rows_np = item_row[start : start + batch_size]
-            rows = torch.from_numpy(rows_np).to(acts.device)
-            stp = torch.from_numpy(item_step[start : start + batch_size]).to(acts.device)
-            base = acts[rows]
-            ex = [e[rows] for e in extras]
-            with torch.enable_grad():
-                if tail is not None:
-                    shape = (-1,) + (1,) * (zlin.ndim - 1)
-                    cap.z = (alphas_t[stp].view(shape) * zlin[rows] + bias).requires_grad_(True)
-                    cap.u = base
-                    r = response(tail(cap.z, *ex))
-                else:
-                    shape = (-1,) + (1,) * (base.ndim - 1)
-                    x = (alphas_t[stp].view(shape) * base).detach().requires_grad_(True)
-                    r = response(gm(x, *ex))
-                go = torch.zeros_like(r)
-                item_counts = counts[rows_np]
-                for g in range(int(item_counts.max())):  # every requested channel of every item at once
-                    have = np.nonzero(item_counts > g)[0]
-                    chans = torch.from_numpy(chan_of_slot[offsets[rows_np[have]] + g]).to(r.device)
-                    go[torch.from_numpy(have).to(r.device), chans] = weights_t[stp[torch.from_numpy(have)]]
-                assert cap.z is not None and cap.u is not None
-                (dz,) = torch.autograd.grad(r, cap.z, go)
-            if p.direct:
-                if gsum is None:
-                    gsum = torch.zeros((n_rows,) + tuple(dz.shape[1:]), dtype=torch.float64, device=dz.device)
-                gsum.index_add_(0, rows, dz.double())
-                continue
-            u = cap.u
-            for g in range(int(item_counts.max())):
-                have = np.nonzero(item_counts > g)[0]
-                slot = offsets[rows_np[have]] + g
-                idx = torch.from_numpy(have).to(dz.device)
-                chans = torch.from_numpy(chan_of_slot[slot]).to(dz.device)
-                du = torch.zeros_like(u)
-                du[idx] = _transpose(p.last, dz[idx, chans], chans, tuple(u.shape[1:])).to(u.dtype)
-                (grad,) = torch.autograd.grad(u, x, du, retain_graph=g < int(item_counts.max()) - 1)
-                attr = base[idx] * grad[idx]
-                slot_t = torch.from_numpy(slot)
-                scores.index_add_(0, slot_t, response(attr).double().cpu())
-                totals.index_add_(0, slot_t, attr.flatten(1).sum(1).double().cpu())
-    if p.direct and gsum is not None:
-        for row in order:
-            sl = slice(int(offsets[row]), int(offsets[row + 1]))
-            chans = torch.as_tensor(list(requests[row]), device=gsum.device)
-            grad = _transpose(p.last, gsum[row, chans], chans, tuple(acts.shape[1:]))
-            attr = acts[row].double().unsqueeze(0) * grad
-            scores[sl] = response(attr).cpu()
-            totals[sl] = attr.flatten(1).sum(1).cpu()
+    if p.direct:
+        _ig_direct(p, acts, extras, requests, steps, batch_size, offsets, scores, totals)
+    else:
+        _ig_through_prefix(p, acts, extras, requests, steps, batch_size, offsets, scores, totals)
 
     def split(a):
         return [a[offsets[i] : offsets[i + 1]] for i in range(n_rows)]
