@@ -59,8 +59,11 @@ class Plan:
 
     module: fx.GraphModule
     last: nn.Module  # L: an nn.Conv2d (groups 1, zero padding) or nn.Linear
-    direct: bool  # L's input is the segment input itself
+    direct: bool  # L's input is the segment input itself (and L is the tail's only source)
     node: fx.Node | None = None  # L's node in ``module.graph``
+    # every source of the channel-wise tail: (conv/linear module, its input is the segment input),
+    # (None, True) for the segment input itself (an identity shortcut); the first is L
+    sources: tuple = ()
 
     def tail(self) -> fx.GraphModule:
         """(z = L's output, *extras) -> the segment's output: the channel-wise part alone."""
@@ -111,22 +114,41 @@ def plan(segment: nn.Module, leaf_modules: Sequence[type] = ()) -> Plan | None:
         return None
     x = inputs[0]
     from_x = _descendants(x)
-    node = out.args[0]
-    while True:  # walk up the channel-wise tail to L
+    # walk up the channel-wise tail from the output to its sources: convolutions / linear maps
+    # (L) and the segment input itself (an identity shortcut, as in a residual block)
+    sources: list = []
+    seen, stack = set(), [out.args[0]]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
         if node.op == "call_module" and isinstance(modules.get(node.target), (nn.Conv2d, nn.Linear)):
-            break
-        upstream = _channelwise_input(node, modules, from_x)
-        if upstream is None:
+            sources.append(node)
+            continue
+        if node is x:
+            sources.append(node)
+            continue
+        ups = _channelwise_inputs(node, modules, from_x)
+        if ups is None:
             return None
-        node = upstream
-    last = modules[node.target]
-    if isinstance(last, nn.Conv2d) and (last.groups != 1 or last.padding_mode != "zeros"):
+        stack.extend(ups)
+    maps = [n for n in sources if n is not x]
+    if not maps:
         return None
-    if sum(1 for n in graph.nodes if n.op == "call_module" and n.target == node.target) != 1:
-        return None
-    if not node.args or not isinstance(node.args[0], fx.Node) or node.kwargs:
-        return None
-    return Plan(gm, last, direct=node.args[0] is x, node=node)
+    maps.sort(key=lambda n: list(graph.nodes).index(n), reverse=True)  # L: the last map in forward order
+    for node in maps:
+        m = modules[node.target]
+        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"):
+            return None
+        if sum(1 for n in graph.nodes if n.op == "call_module" and n.target == node.target) != 1:
+            return None
+        if not node.args or not isinstance(node.args[0], fx.Node) or node.kwargs:
+            return None
+    node = maps[0]
+    srcs = tuple((modules[n.target], n.args[0] is x) for n in maps) + (((None, True),) if x in sources else ())
+    single = len(srcs) == 1 and srcs[0][1]
+    return Plan(gm, modules[node.target], direct=single, node=node, sources=srcs)
 
 
 def _descendants(start: fx.Node) -> set:
@@ -139,9 +161,9 @@ def _descendants(start: fx.Node) -> set:
     return seen
 
 
-def _channelwise_input(node: fx.Node, modules: dict, from_x: set) -> fx.Node | None:
-    """The one input of a channel-wise ``node`` that depends on the segment input (else None:
-    the node is not channel-wise, or more than one input depends on the input)."""
+def _channelwise_inputs(node: fx.Node, modules: dict, from_x: set) -> list | None:
+    """The inputs of a channel-wise ``node`` that depend on the segment input (None: the node is
+    not channel-wise); the others are held fixed."""
     ok = (
         (node.op == "call_module" and isinstance(modules.get(node.target), _CHANNELWISE_MODULES))
         or (node.op == "call_function" and (node.target in _CHANNELWISE_FUNCTIONS or node.target in _COMBINE))
@@ -149,30 +171,46 @@ def _channelwise_input(node: fx.Node, modules: dict, from_x: set) -> fx.Node | N
     )
     if not ok:
         return None
-    deps = [a for a in node.all_input_nodes if a in from_x]  # add/mul: the other operand is held fixed
-    return deps[0] if len(deps) == 1 else None
+    deps = [a for a in node.all_input_nodes if a in from_x]
+    if len(deps) != 1 and not (node.op == "call_function" and node.target in _COMBINE and len(deps) == 2):
+        return None
+    if len(deps) == 2 and node.target not in (operator.add, torch.add, operator.sub, torch.sub):
+        return None  # a product of two input-dependent values is not a sum of per-source parts
+    return deps
 
 
 class _Capture:
-    """A forward hook on L that makes its output a leaf (the tail's gradient is read there)
-    and keeps its input (for the backward through the part before L)."""
+    """Forward hooks on the tail's source maps that make their outputs leaves (the tail's
+    gradient is read there) and keep their inputs (for the backward through what precedes them)."""
 
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self.u: torch.Tensor | None = None
-        self.z: torch.Tensor | None = None
+    def __init__(self, *modules: nn.Module):
+        self.modules = modules
+        self.us: list = [None] * len(modules)
+        self.zs: list = [None] * len(modules)
 
     def __enter__(self):
-        self.handle = self.module.register_forward_hook(self._hook)
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
         return self
 
-    def _hook(self, module, args, out):
-        self.u = args[0]
-        self.z = out.detach().requires_grad_(True)
-        return self.z
+    def _hook(self, i: int):
+        def hook(module, args, out):
+            self.us[i] = args[0]
+            self.zs[i] = out.detach().requires_grad_(True)
+            return self.zs[i]
+
+        return hook
+
+    @property
+    def z(self):
+        return self.zs[0]
+
+    @property
+    def u(self):
+        return self.us[0]
 
     def __exit__(self, *exc):
-        self.handle.remove()
+        for h in self.handles:
+            h.remove()
         return False
 
 
@@ -297,9 +335,10 @@ def _ig_direct(p: Plan, acts, extras, requests, steps: int, batch_size: int, off
 
 
 def _ig_through_prefix(p: Plan, acts, extras, requests, steps: int, batch_size: int, offsets, scores, totals):
-    """IG of a plan whose L reads something computed from the input: per step one forward, one
-    backward of all nodes through the tail, then per node L transposed on its one channel and a
-    backward through the part before L."""
+    """IG of a plan with several sources or a map after other layers: per step one forward and one
+    backward of all nodes through the tail; then per node each map transposed on its one channel
+    (at the input directly, or followed by a backward through the layers before it) and, for an
+    identity shortcut, the node's own channel of the tail gradient at the input."""
     alphas, weights = gauss_legendre(steps)
     alphas_t = torch.as_tensor(alphas, dtype=acts.dtype, device=acts.device)
     weights_t = torch.as_tensor(weights, dtype=acts.dtype, device=acts.device)
@@ -308,7 +347,9 @@ def _ig_through_prefix(p: Plan, acts, extras, requests, steps: int, batch_size: 
     order = [r for r in np.argsort(-counts, kind="stable") if counts[r]]
     item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
     item_step = np.tile(np.arange(steps), len(order))
-    with _Capture(p.last) as cap:
+    maps = [(m, direct) for m, direct in p.sources if m is not None]
+    identity = any(m is None for m, _ in p.sources)
+    with _Capture(*[m for m, _ in maps]) as cap:
         for start in range(0, len(item_row), batch_size):
             rows_np = item_row[start : start + batch_size]
             rows = torch.from_numpy(rows_np).to(acts.device)
@@ -318,25 +359,41 @@ def _ig_through_prefix(p: Plan, acts, extras, requests, steps: int, batch_size: 
             x = (alphas_t[stp].view(shape) * base).detach().requires_grad_(True)
             ex = [e[rows] for e in extras]
             item_counts = counts[rows_np]
+            rounds = int(item_counts.max())
             with torch.enable_grad():
                 r = response(p.module(x, *ex))
                 go = torch.zeros_like(r)
-                for g in range(int(item_counts.max())):  # every requested channel of every item at once
+                for g in range(rounds):  # every requested channel of every item at once
                     have = np.nonzero(item_counts > g)[0]
                     chans = torch.from_numpy(chan_of_slot[offsets[rows_np[have]] + g]).to(r.device)
                     go[torch.from_numpy(have).to(r.device), chans] = weights_t[stp[torch.from_numpy(have)]]
-                assert cap.z is not None and cap.u is not None
-                (dz,) = torch.autograd.grad(r, cap.z, go)
-                u = cap.u
-                for g in range(int(item_counts.max())):
+                wrt = list(cap.zs) + ([x] if identity else [])
+                tail_grads = torch.autograd.grad(r, wrt, go, allow_unused=True)
+                pre = [(i, cap.us[i]) for i, (_, direct) in enumerate(maps) if not direct]
+                for g in range(rounds):
                     have = np.nonzero(item_counts > g)[0]
                     slot = offsets[rows_np[have]] + g
-                    idx = torch.from_numpy(have).to(dz.device)
-                    chans = torch.from_numpy(chan_of_slot[slot]).to(dz.device)
-                    du = torch.zeros_like(u)
-                    du[idx] = _transpose(p.last, dz[idx, chans], chans, tuple(u.shape[1:])).to(u.dtype)
-                    (grad,) = torch.autograd.grad(u, x, du, retain_graph=g < int(item_counts.max()) - 1)
-                    attr = base[idx] * grad[idx]
+                    idx = torch.from_numpy(have).to(x.device)
+                    chans = torch.from_numpy(chan_of_slot[slot]).to(x.device)
+                    grad = torch.zeros_like(base[idx])
+                    for i, (m, direct) in enumerate(maps):
+                        dz = tail_grads[i]
+                        if dz is None or not direct:
+                            continue
+                        grad += _transpose(m, dz[idx, chans], chans, tuple(base.shape[1:])).to(grad.dtype)
+                    if pre:
+                        dus = []
+                        for i, u in pre:
+                            du = torch.zeros_like(u)
+                            if tail_grads[i] is not None:
+                                du[idx] = _transpose(maps[i][0], tail_grads[i][idx, chans], chans, tuple(u.shape[1:]))
+                            dus.append(du)
+                        back = torch.autograd.grad([u for _, u in pre], x, dus, retain_graph=g < rounds - 1)[0]
+                        grad += back[idx]
+                    if identity and tail_grads[-1] is not None:
+                        ar = torch.arange(len(have), device=x.device)
+                        grad[ar, chans] += tail_grads[-1][idx, chans]
+                    attr = base[idx] * grad
                     slot_t = torch.from_numpy(slot)
                     scores.index_add_(0, slot_t, response(attr).double().cpu())
                     totals.index_add_(0, slot_t, attr.flatten(1).sum(1).double().cpu())

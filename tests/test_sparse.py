@@ -23,6 +23,19 @@ class Residual(nn.Module):
         return torch.relu(self.bn(self.conv(x)) + x)  # reads its input twice: not channel-sparse
 
 
+class Bottleneck(nn.Module):
+    """conv -> BN -> ReLU -> conv -> BN, plus a projection shortcut (1x1 conv, BN), then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c_in, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                  nn.Conv2d(6, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out))  # fmt: skip
+        self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=2), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.down(x))
+
+
 class Blocks(nn.Module):
     """VGG-like blocks (conv, BN, ReLU, max-pool), a residual block and a pooled linear head."""
 
@@ -69,12 +82,12 @@ def test_plans_follow_the_structure(blocks):
     kinds = {}
     for upper, lower in zip(LAYERS, LAYERS[1:]):
         p = plan(g.segment(lower, upper))
-        kinds[upper] = None if p is None else (type(p.last).__name__, p.direct)
+        kinds[upper] = None if p is None else (type(p.last).__name__, p.direct, len(p.sources))
     assert kinds == {
-        "block2": ("Conv2d", True),  # conv -> BN -> ReLU -> pool on the lower output itself
-        "block3": ("Conv2d", True),  # conv -> SiLU -> dropout
-        "res": None,  # the block reads the lower output twice (relu(bn(conv(x)) + x)): dense
-        "head": ("Linear", False),  # pooling and flatten before the linear map
+        "block2": ("Conv2d", True, 1),  # conv -> BN -> ReLU -> pool on the lower output itself
+        "block3": ("Conv2d", True, 1),  # conv -> SiLU -> dropout
+        "res": ("Conv2d", False, 2),  # relu(bn(conv(x)) + x): the conv and the identity shortcut
+        "head": ("Linear", False, 1),  # pooling and flatten before the linear map
     }
     # SkipNet: block3's conv reads block2 + the held skip (pre-part); block2's conv reads block1
     s = LayerGraph(SkipNet(), SKIP_LAYERS)
@@ -82,7 +95,9 @@ def test_plans_follow_the_structure(blocks):
     assert plan(s.segment("block1", "block2")).direct is True
 
 
-@pytest.mark.parametrize("upper,lower", [("block2", "block1"), ("block3", "block2"), ("head", "res")])
+@pytest.mark.parametrize(
+    "upper,lower", [("block2", "block1"), ("block3", "block2"), ("res", "block3"), ("head", "res")]
+)
 def test_sparse_equals_dense(blocks, upper, lower):
     torch.manual_seed(1)
     images = torch.randn(5, 3, 16, 16)
@@ -153,3 +168,23 @@ def test_prefix_masks_equal_masking_the_input(blocks, upper, lower):
             acts, *extras = g.prefix(lower, upper)(pool.get(range(len(pool))))
         got = masked_prefix_responses(p, acts, extras, ranked, p.tail())
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_projection_shortcut_block_equals_dense():
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), Bottleneck(5, 7)).eval()
+    for bn in (m[2].body[1], m[2].body[4], m[2].down[1]):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    g = LayerGraph(m, ["2", "1"])
+    seg = g.segment("1", "2")
+    p = plan(seg)
+    assert p is not None and len(p.sources) == 2 and not p.direct  # body's last conv, the 1x1 projection
+    with preserved(m, freeze=True), torch.no_grad():
+        acts = g.prefix("1", "2")(torch.randn(4, 3, 12, 12))[0]
+    requests = [[0, 3], [6], [], [1, 2, 4, 5]]
+    with preserved(m, freeze=True):
+        dense = integrated_gradients(seg, acts, [], requests, steps=10, batch_size=8)
+        fast = integrated_gradients_sparse(p, acts, [], requests, steps=10, batch_size=8)
+    for a, b in zip(dense.scores, fast.scores):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
