@@ -12,8 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import typing
+
+# OpenMP threads that spin while they wait make a busy machine crawl: beside one other CPU-bound
+# process the demo ran 8x slower with the default (active) policy, 1.3x with this one
+# (docs/performance.md).  Set before torch loads OpenMP; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ._version import __version__
 from .errors import NeurFlowError
