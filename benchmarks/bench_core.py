@@ -138,24 +138,31 @@ def make_workload(size: int, n_images: int, weights: str = "init"):
     IG integrand varies along the path, as in a trained network."""
     import torch
     import torchvision
-    from torch import nn
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     images = torch.randn(n_images, 3, size, size)
     if weights == "bn-perturbed":
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    c = m.num_features
-                    m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                    m.bias.copy_(0.5 * torch.randn(c, generator=g))
-                    m.running_mean.copy_(0.5 * torch.randn(c, generator=g))
-                    m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
+        perturb_bn(model)
     elif weights != "init":
         raise ValueError(weights)
     return model, images
+
+
+def perturb_bn(model) -> None:
+    """Random BatchNorm affine parameters and statistics (seed 1): non-trivial IG paths."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.5 * torch.randn(c, generator=g))
+                m.running_mean.copy_(0.5 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
 
 
 def pick_target(size: int, n_images: int, batch_size: int, weights: str = "init") -> tuple[int, int]:

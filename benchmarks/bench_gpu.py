@@ -28,8 +28,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for path in (ROOT, os.path.join(ROOT, "benchmarks")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def sync(device: str) -> None:
@@ -42,22 +43,14 @@ def sync(device: str) -> None:
 def workload(smoke: bool):
     import torch
     import torchvision
-    from torch import nn
+    from bench_core import perturb_bn
 
     from neurflow.models import PAPER_LAYERS
 
     torch.manual_seed(0)
     arch = "resnet18" if smoke else "resnet50"
     model = getattr(torchvision.models, arch)(weights=None).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.5 * torch.randn(c, generator=g))
-                m.running_mean.copy_(0.5 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
+    perturb_bn(model)
     size, n = (64, 6) if smoke else (224, 50)
     images = torch.randn(n, 3, size, size)
     layers = ["fc", "layer4.1", "layer4.0", "layer3.1"] if smoke else PAPER_LAYERS["resnet50"]

@@ -37,6 +37,23 @@ class IGResult:
         return np.concatenate([t - d for t, d in zip(self.totals, self.deltas)])
 
 
+def step_batches(acts: torch.Tensor, counts: np.ndarray, alphas_t: torch.Tensor, batch_size: int):
+    """The (row, step) items of IG in batches: rows with requests, sorted by their number of
+    requests (a batch is then homogeneous), every step of a row in a row.  Yields (rows as numpy,
+    rows, steps, the rows' activations, the scaled inputs alpha * A with gradients on)."""
+    steps = len(alphas_t)
+    order = [r for r in np.argsort(-counts, kind="stable") if counts[r]]
+    item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
+    item_step = np.tile(np.arange(steps), len(order))
+    for start in range(0, len(item_row), batch_size):
+        rows_np = item_row[start : start + batch_size]
+        rows = torch.from_numpy(rows_np).to(acts.device)
+        stp = torch.from_numpy(item_step[start : start + batch_size]).to(acts.device)
+        base = acts[rows]
+        shape = (-1,) + (1,) * (base.ndim - 1)
+        yield rows_np, rows, stp, base, (alphas_t[stp].view(shape) * base).detach().requires_grad_(True)
+
+
 def integrated_gradients(
     segment: Callable,
     acts: torch.Tensor,
@@ -71,17 +88,7 @@ def integrated_gradients(
                 row = start + i
                 deltas[offsets[row] : offsets[row + 1]] = diff[i, requests[row]]
 
-    # items = (row, step); rows sorted by their number of requests so a sub-batch is homogeneous
-    order = [r for r in np.argsort(-counts, kind="stable") if counts[r]]
-    item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
-    item_step = np.tile(np.arange(steps), len(order))
-    for start in range(0, len(item_row), batch_size):
-        rows_np = item_row[start : start + batch_size]
-        rows = torch.from_numpy(rows_np).to(acts.device)
-        stp = torch.from_numpy(item_step[start : start + batch_size]).to(acts.device)
-        base = acts[rows]
-        shape = (-1,) + (1,) * (base.ndim - 1)
-        x = (alphas_t[stp].view(shape) * base).detach().requires_grad_(True)
+    for rows_np, rows, stp, base, x in step_batches(acts, counts, alphas_t, batch_size):
         ex = [e[rows] for e in extras]
         with torch.enable_grad():
             r = response(segment(x, *ex))

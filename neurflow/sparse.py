@@ -35,7 +35,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .attribution import IGResult, gauss_legendre
+from .attribution import IGResult, gauss_legendre, step_batches
 from .probe import response
 
 # modules and functions that map channel n to channel n (in eval mode)
@@ -344,19 +344,10 @@ def _ig_through_prefix(p: Plan, acts, extras, requests, steps: int, batch_size: 
     weights_t = torch.as_tensor(weights, dtype=acts.dtype, device=acts.device)
     counts = np.asarray([len(r) for r in requests], dtype=np.int64)
     chan_of_slot = np.asarray([c for r in requests for c in r], dtype=np.int64)
-    order = [r for r in np.argsort(-counts, kind="stable") if counts[r]]
-    item_row = np.repeat(np.asarray(order, dtype=np.int64), steps)
-    item_step = np.tile(np.arange(steps), len(order))
     maps = [(m, direct) for m, direct in p.sources if m is not None]
     identity = any(m is None for m, _ in p.sources)
     with _Capture(*[m for m, _ in maps]) as cap:
-        for start in range(0, len(item_row), batch_size):
-            rows_np = item_row[start : start + batch_size]
-            rows = torch.from_numpy(rows_np).to(acts.device)
-            stp = torch.from_numpy(item_step[start : start + batch_size]).to(acts.device)
-            base = acts[rows]
-            shape = (-1,) + (1,) * (base.ndim - 1)
-            x = (alphas_t[stp].view(shape) * base).detach().requires_grad_(True)
+        for rows_np, rows, stp, base, x in step_batches(acts, counts, alphas_t, batch_size):
             ex = [e[rows] for e in extras]
             item_counts = counts[rows_np]
             rounds = int(item_counts.max())
