@@ -95,6 +95,38 @@ def _reset_peak() -> bool:
         return False
 
 
+def matmul_rate(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a large float32 matmul on this machine, now (the best of ``repeats``)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def counted_flops(fn) -> int:
+    """FLOPs of the work ``fn()`` does (torch's FlopCounterMode: convolutions, matmuls, their
+    backward passes): the work the engine cannot avoid once its savings are made."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def floor_figures(wall: float, fn) -> dict:
+    """How far the engine is from this machine's floor: counted FLOPs / matmul rate vs wall."""
+    flops = counted_flops(fn)
+    rate = matmul_rate()
+    floor = flops / rate
+    return {"flops": flops, "matmul_flops_per_s": rate, "floor_s": floor, "wall_over_floor": wall / floor}
+
+
 def code_state() -> str:
     """git HEAD + a digest of the neurflow source files this process has imported (call it after
     the imports).  The package is under active development; every run records the code it used,
@@ -196,7 +228,10 @@ def run_ours(size, n_images, weights, target, tau, top_k, ig_steps, batch_size) 
     peak = _status("VmHWM")
     foreign = _foreign_cpu(cpu0)
     c = nf.circuit_
+    again = neurflow.NeurFlow(tau=tau, top_k=top_k, ig_steps=ig_steps, batch_size=batch_size)
+    floor = floor_figures(wall, lambda: again.fit(model, images, target=target, layers=LAYERS, quiet=True))
     return {
+        "floor": floor,
         "wall_s": wall,
         "peak_rss": peak,
         "rss_before": rss0,
@@ -376,9 +411,14 @@ def run_ours_named(workload: str, batch_size: int, engine: str = "auto") -> dict
     nf.fit(model, images, target=target, layers=layers, quiet=True)
     wall = time.perf_counter() - t0
     c = nf.circuit_
+    peak = _status("VmHWM")
+    foreign = _foreign_cpu(cpu0)
+    again = neurflow.NeurFlow(batch_size=batch_size, engine=engine, **settings)
+    floor = floor_figures(wall, lambda: again.fit(model, images, target=target, layers=layers, quiet=True))
     return {
-        "wall_s": wall, "peak_rss": _status("VmHWM"), "rss_before": rss0, "peak_exact": exact,
-        "foreign_cpu_s": _foreign_cpu(cpu0), "code": code,
+        "floor": floor,
+        "wall_s": wall, "peak_rss": peak, "rss_before": rss0, "peak_exact": exact,
+        "foreign_cpu_s": foreign, "code": code,
         "cores": {l.name: {int(n): [int(j) for j in node.core] for n, node in l.nodes.items()} for l in c.layers},
         "timings": dict(c.meta["timings_s"]), "n_crops": int(c.meta["n_crops"]),
         "n_class_images": int(c.meta["n_class_images"]), "threads": torch.get_num_threads(), "target": target,
@@ -475,6 +515,11 @@ def report_ratio(args, ours: dict, base: dict) -> int:
     ag = agreement(base["cores"], ours["cores"])
     identical = bool(ag["all_node_sets_identical"] and ag["frac_identical_ordered"] == 1.0)
     print(f"  time ratio baseline/ours: {speed:.2f}x;  peak memory increase ours/baseline: {inc_o / inc_b:.3f}")
+    fl = ours.get("floor")
+    if fl:
+        print(f"  floor: ours counts {fl['flops'] / 1e9:.1f} GFLOP; a large matmul runs at "
+              f"{fl['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s here, so the floor is {fl['floor_s']:.2f} s; "
+              f"ours takes {fl['wall_over_floor']:.1f}x the floor")  # fmt: skip
     print("  core-set agreement (baseline vs ours):")
     show_agreement(ag, "base", "ours")
     print(f"  identical node sets and ordered core sets: {identical}")
