@@ -110,13 +110,26 @@ def matmul_rate(n: int = 1024, repeats: int = 5) -> float:
 
 
 def counted_flops(fn) -> int:
-    """FLOPs of the work ``fn()`` does (torch's FlopCounterMode: convolutions, matmuls, their
-    backward passes): the work the engine cannot avoid once its savings are made."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of the work ``fn()`` does (torch's FLOP formulas for convolutions, matmuls and their
+    backward passes, summed by a dispatch mode: FlopCounterMode's module hooks cannot run under
+    ``autograd.grad``): the work the engine cannot avoid once its savings are made."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
 
-    with FlopCounterMode(display=False) as counter:
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Count.total += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    with Count():
         fn()
-    return int(counter.get_total_flops())
+    return Count.total
 
 
 def floor_figures(wall: float, fn) -> dict:
