@@ -48,8 +48,11 @@ format: venv
 demo: venv
 	$(VENV)/bin/neurflow demo
 
+# the issue-13 workloads, each ours vs the published algorithm in one invocation (docs/performance.md)
 bench: venv
-	$(PY) benchmarks/bench_core.py
+	mkdir -p benchmarks/results
+	for w in fashion resnet18 efficientnet; do \
+		$(PY) benchmarks/bench_core.py --workload $$w --json benchmarks/results/$$w.json || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -26,7 +26,7 @@ back to the dense path.  Both are tested against captum and against each other.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -64,9 +64,15 @@ class Plan:
     # every source of the channel-wise tail: (conv/linear module, its input is the segment input),
     # (None, True) for the segment input itself (an identity shortcut); the first is L
     sources: tuple = ()
+    _tail: fx.GraphModule | None = field(default=None, repr=False, compare=False)
 
     def tail(self) -> fx.GraphModule:
-        """(z = L's output, *extras) -> the segment's output: the channel-wise part alone."""
+        """(z = L's output, *extras) -> the segment's output: the channel-wise part alone (built once)."""
+        if self._tail is None:
+            self._tail = self._cut_tail()
+        return self._tail
+
+    def _cut_tail(self) -> fx.GraphModule:
         assert self.node is not None
         graph = self.module.graph
         out = next(n for n in graph.nodes if n.op == "output")
