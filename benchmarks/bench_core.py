@@ -224,7 +224,7 @@ def pick_target(size: int, n_images: int, batch_size: int, weights: str = "init"
 
 # ------------------------------------------------------------------------------------------
 # (a) ours
-def run_ours(size, n_images, weights, target, tau, top_k, ig_steps, batch_size) -> dict:
+def run_ours(size, n_images, weights, target, tau, top_k, ig_steps, batch_size, floor: bool = True) -> dict:
     import torch
 
     import neurflow
@@ -242,9 +242,11 @@ def run_ours(size, n_images, weights, target, tau, top_k, ig_steps, batch_size) 
     foreign = _foreign_cpu(cpu0)
     c = nf.circuit_
     again = neurflow.NeurFlow(tau=tau, top_k=top_k, ig_steps=ig_steps, batch_size=batch_size)
-    floor = floor_figures(wall, lambda: again.fit(model, images, target=target, layers=LAYERS, quiet=True))
+    if floor:
+        floor = floor_figures(wall, lambda: again.fit(model, images, target=target, layers=LAYERS, quiet=True))
     return {
-        "floor": floor,
+        "floor": floor or None,
+        "ig_steps_chosen": {l.name: l.completeness_gap.get("ig_steps") for l in c.layers},
         "wall_s": wall,
         "peak_rss": peak,
         "rss_before": rss0,
@@ -409,12 +411,13 @@ def make_named(workload: str):
     raise ValueError(workload)
 
 
-def run_ours_named(workload: str, batch_size: int, engine: str = "auto") -> dict:
+def run_ours_named(workload: str, batch_size: int, engine: str = "auto", floor: bool = True, **overrides) -> dict:
     import torch
 
     import neurflow
 
     model, images, target, layers, settings = make_named(workload)
+    settings = {**settings, **{k: v for k, v in overrides.items() if v is not None}}
     code = code_state()
     nf = neurflow.NeurFlow(batch_size=batch_size, engine=engine, **settings)
     exact = _reset_peak()
@@ -427,20 +430,24 @@ def run_ours_named(workload: str, batch_size: int, engine: str = "auto") -> dict
     peak = _status("VmHWM")
     foreign = _foreign_cpu(cpu0)
     again = neurflow.NeurFlow(batch_size=batch_size, engine=engine, **settings)
-    floor = floor_figures(wall, lambda: again.fit(model, images, target=target, layers=layers, quiet=True))
+    if floor:
+        floor = floor_figures(wall, lambda: again.fit(model, images, target=target, layers=layers, quiet=True))
     return {
-        "floor": floor,
+        "floor": floor or None,
         "wall_s": wall, "peak_rss": peak, "rss_before": rss0, "peak_exact": exact,
         "foreign_cpu_s": foreign, "code": code,
         "cores": {l.name: {int(n): [int(j) for j in node.core] for n, node in l.nodes.items()} for l in c.layers},
         "timings": dict(c.meta["timings_s"]), "n_crops": int(c.meta["n_crops"]),
         "n_class_images": int(c.meta["n_class_images"]), "threads": torch.get_num_threads(), "target": target,
+        "ig_steps_chosen": {l.name: l.completeness_gap.get("ig_steps") for l in c.layers},
     }  # fmt: skip
 
 
-def run_baseline_named(workload: str, batch_size: int, batch_size_ig: int = 128) -> dict:
+def run_baseline_named(workload: str, batch_size: int, batch_size_ig: int = 128, adaptive_eps=None) -> dict:
     """The published algorithm on a named workload: whole pool in memory, netA re-run per layer,
-    one captum IntegratedGradients call per node over its top-k crops."""
+    one captum IntegratedGradients call per node over its top-k crops; with ``adaptive_eps``, the
+    published adaptive rule: per node and r = 1..tau, the whole pool through netB with the first r
+    ranked channels zeroed, then the shortest prefix whose top-k overlap is below min + eps."""
     import torch
     from captum.attr import IntegratedGradients
     from torch import nn
@@ -499,6 +506,16 @@ def run_baseline_named(workload: str, batch_size: int, batch_size_ig: int = 128)
                     imps.append(response(attr.detach()))
                 scores = torch.cat(imps)
                 idx = torch.argsort(-torch.mean(torch.abs(scores), dim=0), stable=True)[:tau]
+                if adaptive_eps is not None:
+                    top = set(torch.topk(acts[n], top_k)[1].tolist())
+                    overlaps = []
+                    for r in range(1, len(idx) + 1):
+                        masked = prev.clone()
+                        masked[:, idx[:r]] = 0
+                        after = torch.topk(batch_inference(net_b, masked)[:, n], top_k)[1].tolist()
+                        overlaps.append(len(top.intersection(after)) / top_k)
+                    limit = min(overlaps) + adaptive_eps
+                    idx = idx[: next((r + 1 for r, o in enumerate(overlaps) if o < limit), len(overlaps))]
                 layer_cores[int(n)] = [int(j) for j in idx]
             cores[upper] = layer_cores
             nodes = sorted({j for c in layer_cores.values() for j in c})
@@ -513,16 +530,48 @@ def run_baseline_named(workload: str, batch_size: int, batch_size_ig: int = 128)
 
 def compare_named(args) -> int:
     """``--workload fashion|efficientnet``: ours vs the published algorithm, one JSON."""
-    print(f"workload {args.workload}: {WORKLOADS[args.workload]}", flush=True)
-    ours = clean_run("run_ours_named", args.retries, args.max_wait, workload=args.workload, batch_size=args.batch_size)
+    eps = args.adaptive_eps
+    rule = f", adaptive rule eps {eps} (tau the cap), both sides" if eps is not None else ""
+    print(f"workload {args.workload}: {WORKLOADS[args.workload]}{rule}", flush=True)
+    ours = clean_run("run_ours_named", args.retries, args.max_wait, workload=args.workload, batch_size=args.batch_size,
+                     adaptive_eps=eps)  # fmt: skip
     show_run("ours", ours)
     base = clean_run("run_baseline_named", args.retries, args.max_wait, workload=args.workload,
-                     batch_size=args.batch_size)  # fmt: skip
+                     batch_size=args.batch_size, adaptive_eps=eps)  # fmt: skip
     show_run("baseline", base)
-    return report_ratio(args, ours, base)
+    extra = {}
+    if eps is not None:  # what the adaptive rule costs over the fixed-tau run, ours
+        fixed = clean_run("run_ours_named", args.retries, args.max_wait, workload=args.workload,
+                          batch_size=args.batch_size, floor=False)  # fmt: skip
+        extra["adaptive_over_fixed_cost"] = ours["wall_s"] / fixed["wall_s"]
+        extra["fixed_wall_s"] = fixed["wall_s"]
+        print(f"  ours: the adaptive rule costs {extra['adaptive_over_fixed_cost']:.2f}x the fixed-tau run "
+              f"({ours['wall_s']:.1f} s vs {fixed['wall_s']:.1f} s)")  # fmt: skip
+    if args.auto_steps:
+        auto = clean_run("run_ours_named", args.retries, args.max_wait, workload=args.workload,
+                         batch_size=args.batch_size, adaptive_eps=eps, ig_steps="auto", floor=False)  # fmt: skip
+        extra["auto_steps"] = auto_steps_figures(ours, auto)
+    return report_ratio(args, ours, base, extra)
 
 
-def report_ratio(args, ours: dict, base: dict) -> int:
+def auto_steps_figures(ours50: dict, auto: dict) -> dict:
+    """``--ig-steps auto`` against 50 steps: the orders chosen, the time and the core-set agreement."""
+    ag = agreement(ours50["cores"], auto["cores"])
+    out = {
+        "orders": auto.get("ig_steps_chosen"),
+        "wall_s": auto["wall_s"],
+        "time_ratio_vs_50": ours50["wall_s"] / auto["wall_s"],
+        "identical_node_sets": bool(ag["all_node_sets_identical"]),
+        "frac_identical_ordered": ag["frac_identical_ordered"],
+        "frac_identical_sets": ag["frac_identical_sets"],
+        "agreement": ag,
+    }
+    print(f"  --ig-steps auto (tol 1e-3): orders {out['orders']}; {out['time_ratio_vs_50']:.2f}x faster than 50 steps")
+    show_agreement(ag, "50 steps", "auto")
+    return out
+
+
+def report_ratio(args, ours: dict, base: dict, extra: dict | None = None) -> int:
     inc_o, inc_b = ours["peak_rss"] - ours["rss_before"], base["peak_rss"] - base["rss_before"]
     speed = base["wall_s"] / ours["wall_s"]
     ag = agreement(base["cores"], ours["cores"])
@@ -538,7 +587,7 @@ def report_ratio(args, ours: dict, base: dict) -> int:
     print(f"  identical node sets and ordered core sets: {identical}")
     if args.json:
         out = {"workload": args.workload, "time_ratio": speed, "peak_increase_ratio": inc_o / inc_b,
-               "identical_ordered_core_sets": identical, "agreement": ag,
+               "identical_ordered_core_sets": identical, "agreement": ag, **(extra or {}),
                "ours": {k: v for k, v in ours.items() if k != "cores"},
                "baseline": {k: v for k, v in base.items() if k != "cores"}}  # fmt: skip
         with open(args.json, "w") as f:
@@ -709,6 +758,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compare", action="store_true", help="skip the ours-vs-baseline comparison")
     ap.add_argument("--json", help="also write all figures to this JSON file")
     ap.add_argument(
+        "--adaptive-eps",
+        type=float,
+        help="named workloads: the adaptive rule with this eps (tau the cap) on both sides; its cost over fixed tau",
+    )
+    ap.add_argument("--auto-steps", action="store_true", help="also run ours with --ig-steps auto; agreement with 50")
+    ap.add_argument(
         "--retries",
         type=int,
         default=2,
@@ -778,7 +833,13 @@ def main(argv=None) -> int:
         if args.ig_steps == 50:
             ours50 = ours
         if args.workload == "resnet18":
-            report_ratio(args, ours, base)
+            extra = {}
+            if args.auto_steps:
+                auto = clean_run(
+                    "run_ours", args.retries, args.max_wait, **{**common, "ig_steps": "auto", "floor": False}
+                )
+                extra["auto_steps"] = auto_steps_figures(ours, auto)
+            report_ratio(args, ours, base, extra)
             return 0
 
     if args.steps_study:

@@ -14,7 +14,13 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not locked there
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 SCHEMA = "neurflow.circuit"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = ".neurflow.lock"  # flock()ed by the process writing the run; holds its pid
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -87,11 +94,15 @@ def model_hash(model: torch.nn.Module) -> str:
     return hash_tensors(sorted(model.state_dict().items()))
 
 
-def run_hash(model_digest: str, data_digest: str, settings: dict) -> str:
+def run_hash(model_digest: str, data_digest: str, settings: dict, code: str | None = None) -> str:
+    """A run's identity: the weights, the class images, the method settings and ``code`` (what
+    the model computes besides its weights: ``LayerGraph.code`` and the model spec)."""
     h = hashlib.sha256()
     h.update(model_digest.encode())
     h.update(data_digest.encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
+    if code is not None:
+        h.update(b"\0code\0" + code.encode())
     return h.hexdigest()[:32]
 
 
@@ -111,6 +122,10 @@ class RunDir:
     @property
     def manifest(self) -> Path:
         return self.path / MANIFEST
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
 
     @property
     def circuit(self) -> Path:
@@ -213,9 +228,18 @@ class RunDir:
         write_json(self.circuit, doc)
 
 
+_HELD: dict = {}  # run directory (real path) -> weakref to the RunStore of this process that locks it
+
+
 class RunStore:
     """Saving and resuming one run in a directory: refuses a different run unless ``overwrite``;
-    resumes a matching one layer by layer; hands back a finished one."""
+    resumes a matching one layer by layer; hands back a finished one.
+
+    One process at a time: the store holds an OS lock (``flock``) on ``DIR/.neurflow.lock`` from
+    its creation until ``finish``/``finished``/``release`` (or the process ends, crashed or not);
+    a second store on the same directory is refused with the holder's pid."""
+
+    _lock_fd: int | None = None
 
     def __init__(self, directory, digest: str, overwrite: bool = False):
         self.layout = RunDir(directory)
@@ -223,15 +247,24 @@ class RunStore:
         self.digest = digest
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock(directory)
             probe = self.dir / ".neurflow-write-test"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
+            self.release()
             raise NeurFlowError("out", "a writable directory", str(directory), exc.strerror or str(exc)) from None
+        try:
+            self._open(directory, overwrite)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, directory, overwrite: bool) -> None:
         manifest = self.read_manifest()
         self.done: list[dict] = []
         if manifest is None:
-            if any(p.name != MANIFEST and not p.name.startswith(".tmp-") for p in self.dir.iterdir()):
+            if any(p.name not in (MANIFEST, LOCK) and not p.name.startswith(".tmp-") for p in self.dir.iterdir()):
                 # never delete what is not ours, even with --overwrite
                 raise NeurFlowError(
                     "out",
@@ -240,7 +273,7 @@ class RunStore:
                     "it holds other files and no neurflow manifest; choose another {p:out}",
                 )
             self._manifest(False)  # claim the directory first: a crash before the first layer stays resumable
-        elif manifest.get("run_hash") != digest:
+        elif manifest.get("run_hash") != self.digest:
             if not overwrite:
                 raise NeurFlowError(
                     "out",
@@ -255,8 +288,57 @@ class RunStore:
         for tmp in self.dir.rglob(".tmp-*"):  # left by a write that was killed before its rename
             tmp.unlink(missing_ok=True)
 
+    def _lock(self, directory) -> None:
+        """Take the directory's lock, or refuse: another process is writing this run.  A lock that
+        an earlier store of this process still holds (its ``fit`` raised, and a traceback keeps
+        it alive) is taken over: one process writes a directory from one store at a time."""
+        key = os.path.realpath(self.dir)
+        earlier = _HELD.get(key)
+        if earlier is not None and earlier() is not None:
+            earlier().release()
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise NeurFlowError(
+                    "out",
+                    "a run directory no other process is writing",
+                    str(directory),
+                    f"another neurflow process is writing {directory} (pid {holder}); wait for it to finish "
+                    "(the same command then loads its result) or choose another {p:out}",
+                ) from None
+            except OSError as exc:  # a file system without locks (some network mounts): carry on unlocked
+                log.debug("no lock on %s: %s", self.layout.lock, exc)
+        self._lock_fd = fd
+        _HELD[key] = weakref.ref(self)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Release the directory's lock (closing the file releases the flock)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown; the OS releases the lock anyway
+            pass
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def _clear(self) -> None:
         for p in self.dir.iterdir():
+            if p.name == LOCK:  # ours, held: removing it would let a second process lock a new file
+                continue
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     def read_manifest(self) -> dict | None:
@@ -277,8 +359,11 @@ class RunStore:
         """The finished run in the directory when it is this run, else None."""
         if not self.complete:
             return None
-        log.info("loaded the finished run in %s (nothing recomputed)", self.dir)
-        return self.layout.read_circuit()
+        log.warning("loaded the finished run in %s (nothing recomputed)", self.dir)
+        try:
+            return self.layout.read_circuit()
+        finally:
+            self.release()
 
     def _manifest(self, complete: bool) -> None:
         write_json(
@@ -335,6 +420,7 @@ class RunStore:
         self.layout.write_circuit(circuit, self.digest)
         self._manifest(True)
         shutil.rmtree(self.layout.partial, ignore_errors=True)
+        self.release()
 
 
 def load(directory) -> Circuit:

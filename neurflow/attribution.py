@@ -98,7 +98,7 @@ def integrated_gradients(
                 slot = offsets[rows_np[have]] + g
                 idx = torch.from_numpy(have).to(r.device)
                 go = torch.zeros_like(r)
-                go[idx, torch.from_numpy(chan_of_slot[slot]).to(r.device)] = weights_t[stp[idx]]
+                go[idx, torch.from_numpy(chan_of_slot[slot]).to(r.device)] = weights_t[stp[idx]].to(go.dtype)
                 (grad,) = torch.autograd.grad(r, x, go, retain_graph=g < int(item_counts.max()) - 1)
                 attr = base[idx] * grad[idx]
                 slot_t = torch.from_numpy(slot)

@@ -59,6 +59,8 @@ def add_flags(p, cls, skip: typing.Collection[str] = (), only: typing.Collection
             continue
         if isinstance(default, tuple):
             kw["type"] = _tuple_of(type(default[0]) if default else str)
+        elif "parse" in f.metadata:
+            kw["type"] = f.metadata["parse"]
         elif "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         else:
@@ -80,8 +82,7 @@ def _names(text: str | None) -> list[str] | None:
 
 # -- the parser -----------------------------------------------------------------------------------
 def _schemes() -> tuple[str, str]:
-    from .datasets import data_schemes
-    from .models import model_schemes
+    from .schemes import data_schemes, model_schemes  # torch-free: the parser must build in a blink
 
     models = "; ".join(model_schemes().values())
     data = "; ".join(data_schemes().values())
@@ -89,12 +90,13 @@ def _schemes() -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # every import here is torch-free (tests/test_start.py): `neurflow --help` starts in well under a second
     from .config import NeurFlowConfig
-    from .datasets import TRANSFORMS
     from .demo import DEMOS
-    from .evaluate import EXPERIMENTS, Options
     from .labels import LABELERS
-    from .run import Reopen
+    from .options import EXPERIMENT_NAMES as EXPERIMENTS
+    from .options import TRANSFORMS, Reopen
+    from .options import EvalOptions as Options
 
     models_help, data_help = _schemes()
     ap = argparse.ArgumentParser(prog="neurflow", description="NeurFlow circuits for PyTorch image classifiers")
@@ -449,17 +451,46 @@ def flag_namer(parser: argparse.ArgumentParser, command: str):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .progress import log_stream  # light: tqdm loads with the first bar
+
     logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="neurflow: %(message)s"
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+        format="neurflow: %(message)s",
+        stream=log_stream(),  # a log line never starts after a progress bar's carriage return
     )
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away (`neurflow show DIR | head -1`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
     except NeurFlowError as exc:
+        _end_progress_line()
         print(f"neurflow: error: {exc.render(flag_namer(parser, args.command))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _end_progress_line()
         print("neurflow: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _end_progress_line() -> None:
+    """Errors start on their own line, not after a progress bar's carriage return."""
+    from .progress import end_line
+
+    end_line()
+
+
+def _stdout_gone() -> int:
+    """stdout's reader closed the pipe: exit quietly as ``git log | head`` does (141 = 128 + SIGPIPE).
+    stdout goes to /dev/null so that Python's flush at exit does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (captured in tests)
+        pass
+    return 141
 
 
 if __name__ == "__main__":

@@ -14,11 +14,24 @@ EDGE_NORMS = ("l1", "reference")
 GROUP_EDGE_RULES = ("published", "once")
 SELECTIONS = ("predicted", "labelled")
 ENGINES = ("auto", "dense")
+PRECISIONS = ("fp32", "tf32", "bf16")
+# the Gauss-Legendre orders --ig-steps auto tries, smallest first
+DEFAULT_IG_STEPS = 50  # the published number of IG steps
+IG_ORDERS = (4, 8, 12, 16, 24, 32, 50, 64, 100)
+AUTO_SAMPLE_PAIRS = 64  # the (node, crop) pairs per layer on which --ig-steps auto measures the gap
+# nodes per layer whose core sets a faster --precision recomputes in fp32 to report the agreement
+PRECISION_CHECK_NODES = 8
 
 
-def _setting(default, help: str, choices: tuple | None = None):
-    """A setting: its default and its help text live here, the CLI flag is generated from both."""
-    meta = {"help": help, **({"choices": choices} if choices else {})}
+def steps_or_auto(text: str):
+    """``--ig-steps``: an integer or ``auto``."""
+    return "auto" if str(text).strip().lower() == "auto" else int(text)
+
+
+def _setting(default, help: str, choices: tuple | None = None, parse=None):
+    """A setting: its default and its help text live here, the CLI flag is generated from both
+    (``parse``: how the flag's text becomes the value, when the type alone does not say)."""
+    meta = {"help": help, **({"choices": choices} if choices else {}), **({"parse": parse} if parse else {})}
     return field(default=default, metadata=meta)
 
 
@@ -26,7 +39,20 @@ def _setting(default, help: str, choices: tuple | None = None):
 class NeurFlowConfig:
     tau: int = _setting(16, "core neurons per node (the cap under --adaptive-eps)")
     top_k: int = _setting(50, "exemplar crops per node")
-    ig_steps: int = _setting(50, "Gauss-Legendre steps of integrated gradients")
+    ig_steps: int | str = _setting(
+        DEFAULT_IG_STEPS,
+        "Gauss-Legendre steps of integrated gradients, or auto: per layer the smallest order (of "
+        + ", ".join(map(str, IG_ORDERS))
+        + ") whose relative completeness gap is below --ig-tol, on a sample of the layer's (node, crop) pairs",
+        parse=steps_or_auto,
+    )
+    ig_tol: float = _setting(1e-3, "the relative completeness gap --ig-steps auto accepts")
+    precision: str = _setting(
+        "fp32",
+        "arithmetic of the attribution: fp32 (exact), tf32 (TensorFloat-32 matmuls and convolutions on GPUs) or "
+        "bf16 (bfloat16 autocast); a faster mode records its core-set agreement with fp32 in the run's facts",
+        PRECISIONS,
+    )
     granularities: tuple = _setting((1.0, 0.5, 0.25), "crop sizes as fractions, e.g. 1,0.5,0.25")
     stride_ratio: float = _setting(0.5, "crop stride as a fraction of the crop side")
     adaptive_eps: float | None = _setting(None, "adaptive tau: the acceptable error range eps (None: fixed tau)")
@@ -65,7 +91,14 @@ class NeurFlowConfig:
 
         need(isinstance(self.tau, int) and self.tau >= 1, "tau", "an integer >= 1", self.tau)
         need(isinstance(self.top_k, int) and self.top_k >= 1, "top_k", "an integer >= 1", self.top_k)
-        need(isinstance(self.ig_steps, int) and self.ig_steps >= 1, "ig_steps", "an integer >= 1", self.ig_steps)
+        need(
+            self.ig_steps == "auto" or (isinstance(self.ig_steps, int) and self.ig_steps >= 1),
+            "ig_steps",
+            "an integer >= 1 or auto",
+            self.ig_steps,
+        )
+        need(isinstance(self.ig_tol, (int, float)) and 0 < self.ig_tol < 1, "ig_tol", "a number in (0, 1)", self.ig_tol)
+        need(self.precision in PRECISIONS, "precision", " or ".join(PRECISIONS), self.precision)
         need(
             len(self.granularities) > 0 and all(0 < g <= 1 for g in self.granularities),
             "granularities",
@@ -119,6 +152,10 @@ class NeurFlowConfig:
         d = self.to_dict()
         for key in ("device", "batch_size", "engine", "threads"):
             d.pop(key)
+        if self.ig_steps != "auto":  # only read by --ig-steps auto
+            d.pop("ig_tol")
+        if self.precision == "fp32":  # the exact default: runs from before the setting keep their identity
+            d.pop("precision")
         return d
 
     def to_json(self) -> str:

@@ -12,11 +12,11 @@ import torch
 from .attribution import integrated_gradients
 from .circuit import Node, SubConcept, _frozen_map
 from .clustering import silhouette_clusters
-from .config import NeurFlowConfig
+from .config import AUTO_SAMPLE_PAIRS, IG_ORDERS, NeurFlowConfig
 from .crops import CropPool
 from .errors import NeurFlowError
 from .layers import LayerGraph
-from .probe import layer_width, masked_responses, masks_for, preserved
+from .probe import layer_width, masked_responses, masks_for, precision, preserved
 from .progress import progress
 from .sparse import fits, integrated_gradients_sparse, masked_prefix_responses, plan
 
@@ -33,16 +33,73 @@ def top_exemplars(resp: np.ndarray, node: int, k: int) -> np.ndarray:
     return torch.topk(torch.from_numpy(resp[:, node]), k).indices.numpy()
 
 
-def attribute(
-    graph: LayerGraph, pool: CropPool, upper: str, lower: str, exemplars: dict, cfg: NeurFlowConfig, quiet: bool = True
-) -> tuple[dict, np.ndarray]:
-    """IG matrix S_n [k, C_lower] for every node, and the completeness gaps."""
+def _requests(exemplars: dict) -> tuple[np.ndarray, list[list[int]]]:
+    """The crops the nodes' exemplars use, and per crop the nodes that need its attribution."""
     crops = np.unique(np.concatenate(list(exemplars.values())))
     where = {int(c): i for i, c in enumerate(crops)}
     requests: list[list[int]] = [[] for _ in crops]
     for n, ex in exemplars.items():
         for c in ex:
             requests[where[int(c)]].append(n)
+    return crops, requests
+
+
+def _ig(sparse, segment, acts, extras, reqs, steps: int, cfg: NeurFlowConfig):
+    """IG through the channel-sparse plan where it fits, else dense; (result, the plan still usable)."""
+    with precision(cfg.precision, cfg.device):
+        res = integrated_gradients_sparse(sparse, acts, extras, reqs, steps, cfg.batch_size) if sparse else None
+        if res is None:
+            sparse = None  # shapes the plan does not cover: dense from here on
+            res = integrated_gradients(segment, acts, extras, reqs, steps=steps, batch_size=cfg.batch_size)
+    return res, sparse
+
+
+def choose_steps(graph: LayerGraph, pool: CropPool, upper: str, lower: str, exemplars: dict, cfg) -> int:
+    """``--ig-steps auto``: the smallest order of ``IG_ORDERS`` whose relative completeness gap
+    (sum |gap| / sum |h(A) - h(0)|) on a sample of the layer's (node, crop) pairs is below
+    ``ig_tol``; the largest order when none is."""
+    crops, requests = _requests(exemplars)
+    take, pairs = [], 0
+    for i in np.argsort(-np.asarray([len(r) for r in requests]), kind="stable"):  # the busiest crops first
+        if pairs >= AUTO_SAMPLE_PAIRS:
+            break
+        take.append(int(i))
+        pairs += len(requests[i])
+    take = sorted(take)
+    with preserved(graph.model, freeze=True):
+        prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+        sparse = plan(segment, graph.leaf_modules) if cfg.engine == "auto" else None
+        with torch.no_grad():
+            acts, *extras = prefix(pool.get(crops[take]).to(cfg.device))
+        graph.check_gradient(lower, upper, segment, acts, extras)  # a cut the graph does not show: one line
+        reqs = [requests[i] for i in take]
+        for order in IG_ORDERS:
+            res, sparse = _ig(sparse, segment, acts, extras, reqs, order, cfg)
+            denom = float(np.abs(np.concatenate(res.deltas)).sum())
+            rel = float(np.abs(res.gaps()).sum()) / denom if denom > 0 else 0.0
+            log.debug("ig steps %d at %s: relative completeness gap %.2e", order, upper, rel)
+            if rel < cfg.ig_tol:
+                return order
+    log.warning("ig_steps auto: no order up to %d reaches a relative gap of %g at %s", IG_ORDERS[-1], cfg.ig_tol, upper)
+    return IG_ORDERS[-1]
+
+
+def attribute(
+    graph: LayerGraph,
+    pool: CropPool,
+    upper: str,
+    lower: str,
+    exemplars: dict,
+    cfg: NeurFlowConfig,
+    quiet: bool = True,
+    steps: int | None = None,
+) -> tuple[dict, np.ndarray]:
+    """IG matrix S_n [k, C_lower] for every node, and the completeness gaps.  ``steps``: the
+    Gauss-Legendre order (default ``cfg.ig_steps``; chosen here when that is ``auto``)."""
+    if steps is None:
+        auto = cfg.ig_steps == "auto"
+        steps = choose_steps(graph, pool, upper, lower, exemplars, cfg) if auto else int(cfg.ig_steps)
+    crops, requests = _requests(exemplars)
     with preserved(graph.model, freeze=True):  # gradients w.r.t. activations only; flags restored
         prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
         sparse = plan(segment, graph.leaf_modules) if cfg.engine == "auto" else None
@@ -54,15 +111,10 @@ def attribute(
             idx = crops[start : start + chunk]
             with torch.no_grad():
                 acts, *extras = prefix(pool.get(idx).to(cfg.device))
+            if start == 0:  # a gradient cut the graph does not show (torch.no_grad() in a module): one line
+                graph.check_gradient(lower, upper, segment, acts, extras)
             reqs = requests[start : start + chunk]
-            res = (
-                integrated_gradients_sparse(sparse, acts, extras, reqs, cfg.ig_steps, cfg.batch_size)
-                if sparse
-                else None
-            )
-            if res is None:
-                sparse = None  # shapes the plan does not cover: dense from here on
-                res = integrated_gradients(segment, acts, extras, reqs, steps=cfg.ig_steps, batch_size=cfg.batch_size)
+            res, sparse = _ig(sparse, segment, acts, extras, reqs, steps, cfg)
             for i, c in enumerate(idx):
                 per_crop[int(c)] = dict(zip(requests[start + i], res.scores[i]))
             rel = np.abs(res.gaps())

@@ -10,20 +10,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import NeurFlowError
-from .schemes import Registry
+from .options import TRANSFORMS
+from .schemes import (  # noqa: F401 - re-exported: the public names of the data registry
+    DATA_SCHEMES,
+    data_schemes,
+    register_data_scheme,
+    unregister_data_scheme,
+)
 
 log = logging.getLogger(__name__)
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRANSFORMS = ("imagenet", "none")
 
 
 @dataclass
@@ -50,34 +54,23 @@ def imagenet_transform(img: Image.Image) -> torch.Tensor:
     return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB.  16-bit greyscale (PNG, TIFF: modes ``I;16*`` and ``I``) is scaled by
+    its bit depth (``convert`` would clip it at 255: nearly white); 16-bit RGB is read as 8-bit
+    by PIL already."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.float64)
+        depth = 65535.0 if img.mode != "I" or a.max(initial=0) <= 65535 else float(2**32 - 1)
+        img = Image.fromarray(np.clip(np.round(a / depth * 255), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def plain_transform(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-_SCHEMES = Registry("data")
-# the form that is not a NAME:... scheme (used when no scheme matches)
-_FALLBACKS = {
-    "path": "FOLDER or FILE.pt - an image folder (one sub-folder per class, or flat) or a .pt file "
-    "with an image tensor [N, 3, H, W] or a dict with 'images' and 'labels'"
-}
-
-
-def register_data_scheme(name: str, loader: Callable[[str], Dataset], help: str) -> None:  # noqa: A002
-    """Make ``NAME:REST`` data specs load through ``loader(REST)``, which returns a ``Dataset``
-    (and raises ``NeurFlowError("data", ...)`` for a name it does not know).  ``help`` is one
-    line that starts with the spelling, e.g. ``"NAME:SET - ..."``.  Registering a name again
-    replaces it."""
-    _SCHEMES.register(name, loader, help)
-
-
-def unregister_data_scheme(name: str) -> None:
-    _SCHEMES.unregister(name)
-
-
-def data_schemes() -> dict[str, str]:
-    """{name: help} of every data spec form: the registered ``NAME:...`` schemes in
-    registration order, then the fallback ``path``.  Every help starts with the spelling."""
-    return {**_SCHEMES.helps(), **_FALLBACKS}
+# the registry and its functions live in schemes.py (no torch there: `neurflow --help` reads it)
+_SCHEMES = DATA_SCHEMES
 
 
 def load_data(spec: str, transform: str | None = None) -> Dataset:
@@ -127,13 +120,22 @@ def _from_pt(path: Path) -> Dataset:
         raise NeurFlowError("data", "an image tensor [N, 3, H, W]", getattr(images, "shape", type(images)))
     if images.shape[0] == 0:
         raise NeurFlowError("data", "at least one image", "an empty tensor")
-    images = images.float()
+    if images.dtype == torch.uint8:  # pixel values 0..255: scaled as --transform none scales image files
+        log.info("data: uint8 images in %s scaled to [0, 1] (divided by 255)", path.name)
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     if images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
     elif images.shape[1] == 4:
         images = images[:, :3]
     if labels is not None:
         labels = torch.as_tensor(labels).long()
+        if labels.shape != (images.shape[0],):
+            raise NeurFlowError(
+                "data",
+                f"one label per image ({images.shape[0]} images)",
+                f"labels of shape {list(labels.shape)}",
+                f"{path.name}: 'labels' must be a 1-D tensor as long as 'images'",
+            )
     return Dataset(images, labels, list(names) if names else None, spec=str(path))
 
 
@@ -159,11 +161,11 @@ def _from_folder(path: Path, transform: str) -> Dataset:
     for f, label in entries:
         try:
             with Image.open(f) as im:
-                im = im.convert("RGB")
+                im = to_rgb(im)
                 if min(im.size) < 8:
                     raise ValueError("image smaller than 8 px")
                 images.append(fn(im))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             skipped += 1
             log.warning("skipped %s: %s", f.name, exc)
             continue

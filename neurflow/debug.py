@@ -18,6 +18,7 @@ group's neurons at L and reports the class logit and the top-5 predictions befor
 
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -29,6 +30,7 @@ from .errors import NeurFlowError, unknown_name
 from .layers import LayerGraph
 from .probe import logits, pool_responses, top_k
 
+log = logging.getLogger(__name__)
 SCORES = ("published", "clipped")
 EPS = 1e-6
 
@@ -180,6 +182,16 @@ def debug_image(
         raise NeurFlowError("score", " or ".join(SCORES), score)
     if not (isinstance(threshold, (int, float)) and threshold > 0 and np.isfinite(threshold)):
         raise NeurFlowError("threshold", "a positive number (0.8 default, 0.6 in the paper's example)", threshold)
+    if threshold > 1:
+        if score == "clipped":  # clipped scores lie in (0, 1]: no group could ever be strong
+            raise NeurFlowError(
+                "threshold", "a number in (0, 1] for the clipped score", threshold, "clipped scores never exceed 1"
+            )
+        log.warning(
+            "threshold %g is above 1: a group is strong only where its neurons respond above their references "
+            "(the published score is unbounded; the usual range is (0, 1], default 0.8)",
+            threshold,
+        )
     i = _check_layer(circuit, layer)
     L = circuit.layers[i]
     batch_size = batch_size or circuit.config.batch_size

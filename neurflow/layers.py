@@ -16,15 +16,24 @@ activation with everything else that reaches the upper layer kept at its actual 
 
 The sub-modules of the graph modules are the user's own module objects (shared, not copied), so a
 segment costs what its layers cost, and nothing is added to or changed on the user's model.
+
+The traced graph is made free of in-place writes (``out_of_place``: ``nn.ReLU(inplace=True)``,
+``F.relu(x, inplace=True)``, ``x.relu_()`` ...): a layer's recorded output stays what the layer
+returned, and integrated gradients can start from any layer's output.  The graph also tells
+which layers the output depends on and where the gradient is cut (``.detach()``, ``.data``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import operator
 from collections import Counter
 from typing import Iterable, Sequence
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import NeurFlowError, unknown_name
@@ -76,11 +85,230 @@ def _trace(model: nn.Module, leaves=(), leaf_modules=()) -> tuple[_Tracer, fx.Gr
     return tracer, graph
 
 
+def _usable(tracer: _Tracer) -> list[str]:
+    return [n for n in tracer.order if n and tracer.calls[n] == 1]
+
+
 def layer_names(model: nn.Module, leaf_modules: Sequence[type] = ()) -> list[str]:
     """Names of the sub-modules that can be analysed (called exactly once in ``forward``),
     in the order ``forward`` calls them."""
     tracer, _ = _trace(model, leaf_modules=leaf_modules)
-    return [n for n in tracer.order if n and tracer.calls[n] == 1]
+    return _usable(tracer)
+
+
+def code_digest(model: nn.Module, graph: fx.Graph) -> str:
+    """SHA-256 of what the traced ``graph`` of ``model`` computes besides the weights: its Python
+    code, the type and settings (``extra_repr``) of every module it calls, and the tensor
+    constants it reads that are not in the state dict."""
+    h = hashlib.sha256(graph.python_code(root_module="self").src.encode())
+    modules, state = dict(model.named_modules()), model.state_dict(keep_vars=True)
+    for n in graph.nodes:
+        if n.op == "call_module" and n.target in modules:
+            m = modules[n.target]
+            h.update(f"\n{n.target}: {type(m).__module__}.{type(m).__qualname__}({m.extra_repr()})".encode())
+        elif n.op == "get_attr" and n.target not in state:
+            v = _attr(model, n.target)
+            if isinstance(v, torch.Tensor):
+                t = v.detach().cpu().contiguous().reshape(-1)
+                h.update(f"\n{n.target}: {t.dtype} {tuple(v.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _attr(root, target: str):
+    for part in target.split("."):
+        root = getattr(root, part, None)
+    return root
+
+
+# -- in-place writes, rewritten out of place -----------------------------------------------------
+# standard modules with ``inplace``: the out-of-place function and the module attributes it takes
+_OUT_OF_PLACE_MODULES = {
+    nn.ReLU: (F.relu, ()),
+    nn.ReLU6: (F.relu6, ()),
+    nn.LeakyReLU: (F.leaky_relu, ("negative_slope",)),
+    nn.ELU: (F.elu, ("alpha",)),
+    nn.CELU: (F.celu, ("alpha",)),
+    nn.SELU: (F.selu, ()),
+    nn.SiLU: (F.silu, ()),
+    nn.Mish: (F.mish, ()),
+    nn.Hardswish: (F.hardswish, ()),
+    nn.Hardsigmoid: (F.hardsigmoid, ()),
+    nn.Hardtanh: (F.hardtanh, ("min_val", "max_val")),
+    nn.Threshold: (F.threshold, ("threshold", "value")),
+}
+_INPLACE_OPERATORS = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    operator.ifloordiv: operator.floordiv,
+    operator.imod: operator.mod,
+    operator.ipow: operator.pow,
+    operator.imatmul: operator.matmul,
+    operator.iand: operator.and_,
+    operator.ior: operator.or_,
+    operator.ixor: operator.xor,
+    operator.ilshift: operator.lshift,
+    operator.irshift: operator.rshift,
+}
+_NOT_WRITES = {"requires_grad_", "share_memory_"}  # trailing underscore, but no value changes
+_SIGNATURES: dict = {}
+
+
+def _inplace_arg(target) -> int | None:
+    """Position of an ``inplace`` parameter of the function ``target`` (None: it has none)."""
+    if target not in _SIGNATURES:
+        try:
+            names = list(inspect.signature(target).parameters)
+        except (TypeError, ValueError):
+            names = []
+        _SIGNATURES[target] = names.index("inplace") if "inplace" in names else None
+    return _SIGNATURES[target]
+
+
+def _write(n: fx.Node, modules: dict):
+    """How ``n`` writes into its first argument: (kind, detail), or None when it does not.
+    kind: "module" (a standard module with inplace=True: detail the out-of-place function and its
+    keyword arguments, or None to run the module on a copy), "flag" (inplace=True given to a
+    function: detail the argument position or "kw"), "op" (detail the out-of-place operator /
+    function / method name, or None to run it on a copy)."""
+    if not n.args or not isinstance(n.args[0], fx.Node):
+        return None
+    if n.op == "call_module":
+        m = modules.get(n.target)
+        if m is None or getattr(m, "inplace", False) is not True:
+            return None
+        spec = _OUT_OF_PLACE_MODULES.get(type(m))
+        if spec is None or len(n.args) != 1 or n.kwargs or m._forward_hooks or m._forward_pre_hooks:
+            return ("module", None)
+        fn, attrs = spec
+        return ("module", (fn, {a: getattr(m, a) for a in attrs}))
+    if n.op == "call_method":
+        name = n.target
+        if not (isinstance(name, str) and name.endswith("_") and not name.startswith("_")) or name in _NOT_WRITES:
+            return None
+        return ("op", name[:-1] if hasattr(torch.Tensor, name[:-1]) else None)
+    if n.op == "call_function":
+        if n.target in _INPLACE_OPERATORS:
+            return ("op", _INPLACE_OPERATORS[n.target])
+        name = getattr(n.target, "__name__", "")
+        if name.endswith("_") and not name.startswith("_"):
+            for mod in (torch, F):
+                if getattr(mod, name, None) is n.target:
+                    return ("op", getattr(mod, name[:-1], None))
+        if n.kwargs.get("inplace") is True:
+            return ("flag", "kw")
+        i = _inplace_arg(n.target) if callable(n.target) else None
+        if i is not None and len(n.args) > i and n.args[i] is True:
+            return ("flag", i)
+    return None
+
+
+def out_of_place(graph: fx.Graph, modules: dict) -> dict:
+    """Rewrite every in-place write of ``graph`` (``modules``: its root's named modules) out of
+    place, in place on the graph: standard activations with ``inplace=True`` become their
+    functions, ``inplace=True`` arguments become False, ``x.relu_()`` / ``torch.relu_(x)`` / ``x += y``
+    their out-of-place forms; anything else (a Dropout, a module with hooks, ``x.zero_()``) runs on
+    a copy of its input.  The values are the same, but none is overwritten: a layer's output stays
+    what it returned, and autograd can start from any value.  Readers of the overwritten value
+    after the write read the result, as they did in eager mode.  Returns {replaced node: new node}.
+    The user's modules are not touched."""
+    replaced: dict = {}
+    for n in list(graph.nodes):
+        kind = _write(n, modules)
+        if kind is None:
+            continue
+        (kind, detail), v = kind, n.args[0]
+        new = n
+        with graph.inserting_before(n):
+            if kind == "module" and detail is not None:
+                new = graph.call_function(detail[0], (v,), detail[1])
+            elif kind == "flag":
+                if detail == "kw":
+                    n.kwargs = {**n.kwargs, "inplace": False}
+                else:
+                    n.args = tuple(False if i == detail else a for i, a in enumerate(n.args))
+            elif kind == "op" and detail is not None:
+                make = graph.call_method if isinstance(detail, str) else graph.call_function
+                new = make(detail, n.args, dict(n.kwargs))
+            else:  # no out-of-place form: the write goes to a copy
+                n.args = (graph.call_method("clone", (v,)), *n.args[1:])
+        if new is not n:
+            n.replace_all_uses_with(new)
+            graph.erase_node(n)
+            replaced[n] = new
+        # eager mode overwrote v: what reads v after the write reads the result
+        position = {x: i for i, x in enumerate(graph.nodes)}
+        for user in list(v.users):
+            if position[user] > position[new]:
+                user.replace_input_with(v, new)
+    return replaced
+
+
+# -- where the gradient cannot pass --------------------------------------------------------------
+_CUT_METHODS = {"detach": ".detach()", "numpy": ".numpy()", "tolist": ".tolist()", "item": ".item()"}
+
+
+def _cut(n: fx.Node) -> str | None:
+    """What in ``n`` stops the gradient (``.detach()``, ``.data``, ...), or None."""
+    if n.op == "call_method" and n.target in _CUT_METHODS:
+        return _CUT_METHODS[n.target]
+    if n.op == "call_method" and n.target == "requires_grad_":
+        flag = n.args[1] if len(n.args) > 1 else n.kwargs.get("requires_grad", True)
+        return ".requires_grad_(False)" if flag is False else None
+    if n.op == "call_function":
+        if n.target is torch.detach:
+            return "torch.detach()"
+        if n.target is getattr and len(n.args) > 1 and n.args[1] == "data":
+            return ".data"
+    return None
+
+
+def _standard(m: nn.Module) -> bool:
+    """A module of ``torch.nn`` itself (other than ``Sequential``): not traced into."""
+    return fx.Tracer().is_leaf_module(m, "")
+
+
+_VIEWS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "t", "squeeze",
+    "unsqueeze", "expand", "expand_as", "narrow", "select", "split", "chunk", "unbind", "as_strided",
+    "contiguous", "__getitem__", "movedim", "swapaxes", "diagonal", "real", "imag",
+}  # fmt: skip
+_VIEW_FUNCTIONS = {
+    torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze, torch.narrow,
+    torch.select, torch.split, torch.chunk, torch.unbind, torch.t, torch.movedim, operator.getitem,
+}  # fmt: skip
+
+
+class _Inside:
+    """What a module's own ``forward`` does with its inputs (traced once, None where it does not trace)."""
+
+    def __init__(self, module: nn.Module, leaf_modules: Sequence[type]):
+        self.writes_input, self.cut = False, None
+        try:
+            with preserved(module):
+                graph = _Tracer(leaf_modules=leaf_modules).trace(module)
+        except Exception:  # noqa: BLE001 - an opaque module: nothing known about its inside
+            return
+        modules = dict(module.named_modules())
+        aliases = set()  # the inputs and the views of them
+        for n in graph.nodes:
+            if n.op == "placeholder" or (
+                any(a in aliases for a in n.all_input_nodes)
+                and (
+                    (n.op == "call_method" and n.target in _VIEWS)
+                    or (n.op == "call_function" and n.target in _VIEW_FUNCTIONS)
+                    or (n.op == "call_module" and isinstance(modules.get(n.target), (nn.Identity, nn.Flatten)))
+                )
+            ):
+                aliases.add(n)
+            elif n.args and isinstance(n.args[0], fx.Node) and n.args[0] in aliases and _write(n, modules):
+                self.writes_input = True
+        out = next(n for n in graph.nodes if n.op == "output")
+        to_out = LayerGraph._closure([out], set())
+        from_in = LayerGraph._descendants([n for n in graph.nodes if n.op == "placeholder"])
+        self.cut = next((_cut(n) for n in graph.nodes if n in to_out and n in from_in and _cut(n)), None)
 
 
 class LayerGraph:
@@ -90,7 +318,8 @@ class LayerGraph:
         self.model = model
         self.layers = list(layers)
         self.leaf_modules = tuple(leaf_modules)
-        usable = layer_names(model, leaf_modules)
+        flat_tracer, self._flat = _trace(model, leaf_modules=leaf_modules)
+        usable = _usable(flat_tracer)
         for name in self.layers:
             if name not in usable:
                 names = dict(model.named_modules())
@@ -118,18 +347,88 @@ class LayerGraph:
         for node in self.graph.nodes:
             if node.op == "call_module" and node.target in self.layers:
                 self.nodes[node.target] = node
+        self._no_writes_into_inputs(model)
+        replaced = out_of_place(self.graph, dict(model.named_modules()))
+        self.nodes = {name: replaced.get(n, n) for name, n in self.nodes.items()}
         self.inputs = [n for n in self.graph.nodes if n.op == "placeholder"]
         self._output = next(n for n in self.graph.nodes if n.op == "output")
         self._depends_on_input = self._descendants(self.inputs)
-        # layers must go top down, each reachable from the one below
+        to_output = self._closure([self._output], set())
+        for name in self.layers:  # every layer on the way to the output (not a discarded side head)
+            if self.nodes[name] not in to_output:
+                raise NeurFlowError(
+                    "layers",
+                    "layers the model's output is computed from",
+                    name,
+                    f"the model's output does not depend on {name} (its result is discarded or not part of the "
+                    "output); pick layers on the path to the output",
+                )
+        # layers must go top down, each reachable from the one below, through differentiable operations
+        modules = dict(model.named_modules())
         for upper, lower in zip(self.layers, self.layers[1:]):
-            if self.nodes[upper] not in self._descendants([self.nodes[lower]]):
+            from_lower = self._descendants([self.nodes[lower]])
+            if self.nodes[upper] not in from_lower:
                 raise NeurFlowError(
                     "layers",
                     "names top down, each computed from the next one",
                     f"{upper} before {lower}",
                     f"{upper} does not depend on {lower}; list the class layer first",
                 )
+            path = from_lower & self._closure([self.nodes[upper]], {self.nodes[lower]})
+            for n in sorted(path, key=lambda n: list(self.graph.nodes).index(n)):
+                what = _cut(n)
+                if what is None and n.op == "call_module" and not _standard(modules[n.target]):
+                    what = self._inside(modules[n.target]).cut
+                    what = what and f"{what} inside {n.target}"
+                if what:
+                    raise self.cut_error(upper, lower, what)
+
+    def cut_error(self, upper: str, lower: str, what: str = "an operation without a gradient") -> NeurFlowError:
+        """The one-line refusal of a pair of layers between which the gradient is cut."""
+        return NeurFlowError(
+            "layers",
+            "adjacent layers joined by differentiable operations",
+            f"{upper} and {lower}",
+            f"{upper} is computed from {lower} through {what}, which cuts the gradient: integrated gradients "
+            "cannot pass it; pick layers on one side of it",
+        )
+
+    def check_gradient(self, lower: str, upper: str, segment, acts: torch.Tensor, extras) -> None:
+        """Refuse (``cut_error``) when no gradient reaches ``lower`` from ``upper`` at run time: a
+        cut the graph does not show (``torch.no_grad()`` inside a module).  One crop, one forward."""
+        x = acts[:1].detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = segment(x, *[e[:1] for e in extras])
+        if isinstance(out, torch.Tensor) and not out.requires_grad:
+            raise self.cut_error(upper, lower, "an operation without a gradient (torch.no_grad(), a non-PyTorch step)")
+
+    def _inside(self, module: nn.Module) -> _Inside:
+        cache = self.__dict__.setdefault("_insides", {})
+        if id(module) not in cache:
+            cache[id(module)] = _Inside(module, self.leaf_modules)
+        return cache[id(module)]
+
+    def _no_writes_into_inputs(self, model: nn.Module) -> None:
+        """A traced-into-nothing module (an analysed layer, a leaf module) whose own forward
+        writes into its input is given a copy: the value it reads stays as it was (a layer's
+        recorded output, the input integrated gradients differentiate)."""
+        modules = dict(model.named_modules())
+        for n in list(self.graph.nodes):
+            if (
+                n.op != "call_module"
+                or _standard(modules[n.target])
+                or not self._inside(modules[n.target]).writes_input
+            ):
+                continue
+            with self.graph.inserting_before(n):
+                n.args = tuple(self.graph.call_method("clone", (a,)) if isinstance(a, fx.Node) else a for a in n.args)
+
+    @property
+    def code(self) -> str:
+        """Digest of the model's traced code (``code_digest``): part of a run's identity."""
+        if "_code" not in self.__dict__:
+            self._code = code_digest(self.model, self._flat)
+        return self._code
 
     # -- graph helpers -------------------------------------------------------------------
     @staticmethod
@@ -143,7 +442,8 @@ class LayerGraph:
             stack.extend(n.users)
         return seen
 
-    def _closure(self, outputs, stop) -> set:
+    @staticmethod
+    def _closure(outputs, stop) -> set:
         needed, stack = set(), list(outputs)
         while stack:
             n = stack.pop()

@@ -20,15 +20,20 @@ import importlib
 import importlib.util
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from .errors import NeurFlowError, close_matches, unknown_name
-from .schemes import Registry
+from .schemes import (  # noqa: F401 - re-exported: the public names of the model registry
+    MODEL_SCHEMES,
+    model_schemes,
+    register_model_scheme,
+    unregister_model_scheme,
+)
 
 # the paper's layer lists (method.md section 1), top down, lowest input layer last
 PAPER_LAYERS = {
@@ -79,49 +84,49 @@ class LoadedModel:
     default_layers: list | None = None
 
 
-_SCHEMES = Registry("model")
-# the forms that are not NAME:... schemes (tried in this order when no scheme matches)
-_FALLBACKS = {
-    "factory": "package.module:factory or path/file.py:factory - calls factory(), which returns an nn.Module",
-    "torchscript": "FILE (TorchScript) - recognised and refused: torch.fx cannot slice TorchScript; "
-    "load the Python model instead",
-}
-
-
-def register_model_scheme(name: str, loader: Callable[[str], "LoadedModel | nn.Module"], help: str) -> None:  # noqa: A002
-    """Make ``NAME:REST`` model specs load through ``loader(REST)``.
-
-    ``loader`` returns a ``LoadedModel`` (or an ``nn.Module``, whose ``class_names`` and
-    ``default_layers`` attributes are read) and raises ``NeurFlowError("model", ...)`` for a
-    name it does not know.  ``load_model`` draws its random initialisation under the seed, loads
-    ``weights`` on top and puts the model in eval mode.  ``help`` is one line that starts with
-    the spelling, e.g. ``"torchvision:NAME - ..."``.  Registering a name again replaces it."""
-    _SCHEMES.register(name, loader, help)
-
-
-def unregister_model_scheme(name: str) -> None:
-    _SCHEMES.unregister(name)
-
-
-def model_schemes() -> dict[str, str]:
-    """{name: help} of every model spec form: the registered ``NAME:...`` schemes in
-    registration order, then the fallback forms (``factory``, ``torchscript``), which are not
-    prefixes.  Every help starts with the spelling of its spec."""
-    return {**_SCHEMES.helps(), **_FALLBACKS}
+# the registry and its functions live in schemes.py (no torch there: `neurflow --help` reads it)
+_SCHEMES = MODEL_SCHEMES
 
 
 def _spec_forms() -> str:
     return ", ".join([f"{n}:NAME" for n in _SCHEMES.names()] + ["package.module:factory", "file.py:factory"])
 
 
+def _checkpoint_kind(path: str) -> str:
+    """What ``torch.save`` may have written: "zip" (the default format), "pickle" (the legacy one),
+    "broken zip" (a zip header without a readable end: truncated) or "other" (not a checkpoint)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise NeurFlowError("weights", "a readable checkpoint file", path, exc.strerror or str(exc)) from None
+    if head.startswith(b"PK\x03\x04"):
+        return "zip" if zipfile.is_zipfile(path) else "broken zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle's PROTO opcode
+        return "pickle"
+    return "other"
+
+
+_NOT_A_CHECKPOINT = "truncated or not a PyTorch file"
+
+
 def _load_state(path: str, trust: bool = False):
     if not os.path.isfile(path):
         raise NeurFlowError("weights", "an existing checkpoint file", path)
+    kind = _checkpoint_kind(path)
+    if kind not in ("zip", "pickle"):
+        # neither torch.save format: --trust-checkpoint cannot help, do not suggest it
+        raise NeurFlowError("weights", "a PyTorch checkpoint written by torch.save", path, _NOT_A_CHECKPOINT)
     try:
         state = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        if not trust and ("weights_only" in str(exc) or "Unpickl" in str(exc)):
+        text = str(exc).strip()
+        broken = isinstance(exc, (EOFError, OSError)) or "PytorchStreamReader" in text or "inline_container" in text
+        if broken or (kind == "pickle" and "truncated" in text):
+            raise NeurFlowError(
+                "weights", "a PyTorch checkpoint written by torch.save", path, _NOT_A_CHECKPOINT
+            ) from None
+        if not trust and ("weights_only" in text or "Unpickl" in text):
             raise NeurFlowError(
                 "weights",
                 "a checkpoint loadable with weights_only=True (tensors only)",
@@ -129,6 +134,7 @@ def _load_state(path: str, trust: bool = False):
                 "it needs pickle, which can run arbitrary code; re-save it as a state_dict, or "
                 "pass {p:trust_checkpoint} if you trust its source",
             ) from None
+        first = text.splitlines()[0][:160] if text else type(exc).__name__
         raise NeurFlowError("weights", "a readable PyTorch checkpoint", path, first) from None
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -136,6 +142,39 @@ def _load_state(path: str, trust: bool = False):
                 state = state[key]
                 break
     return state
+
+
+def _some(names: list, n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def _state_mismatch(model: nn.Module, state) -> str:
+    """Why ``state`` does not fit ``model``: the first missing and unexpected keys and shape mismatches."""
+    if not isinstance(state, dict):
+        return f"the checkpoint holds a {type(state).__name__}, not a state dict"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [str(k) for k in state if k not in own]
+    shapes = [
+        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_some(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_some(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (checkpoint vs model): {_some(shapes)}")
+    prefix = "module."
+    if (
+        unexpected
+        and all(k.startswith(prefix) for k in unexpected)
+        and any(k[len(prefix) :] in own for k in unexpected)
+    ):
+        parts.append("the keys start with 'module.' (saved from DataParallel): strip it")
+    return "; ".join(parts) if parts else ""
 
 
 def load_model(spec: str, weights: str | None = None, trust_checkpoint: bool = False, seed: int = 0) -> LoadedModel:
@@ -170,9 +209,8 @@ def _load_model(spec: str, weights: str | None, trust_checkpoint: bool) -> Loade
         try:
             loaded.model.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001
-            raise NeurFlowError(
-                "weights", f"a state dict matching {spec}", weights, str(exc).strip().splitlines()[0][:200]
-            ) from None
+            why = _state_mismatch(loaded.model, state) or str(exc).strip().splitlines()[0][:200]
+            raise NeurFlowError("weights", f"a state dict matching {spec}", weights, why) from None
     loaded.model.eval()
     return loaded
 
@@ -246,18 +284,23 @@ def _factory(spec: str) -> LoadedModel:
                     hint += "; did you mean " + ", ".join(f"{n}:{spec.split(':', 1)[1]}" for n in near) + "?"
                 raise NeurFlowError("model", f"a model spec ({_spec_forms()})", spec, hint) from None
             raise NeurFlowError("model", "an importable module in package.module:factory", spec, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the module's own code failed while importing
+            raise NeurFlowError(
+                "model", "a module that imports cleanly", spec, f"{type(exc).__name__}: {str(exc)[:160]}"
+            ) from None
     fn = getattr(module, func, None)
     if not callable(fn):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise unknown_name("model", func, public, f"no callable {func!r} in {where}")
-    model = fn()
+    try:
+        model = fn()
+    except NeurFlowError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: one line, not a traceback
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise NeurFlowError(
+            "model", "a factory that returns an nn.Module", spec, f"{func}() raised {type(exc).__name__}: {text}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise NeurFlowError("model", "a factory returning an nn.Module", spec, type(model).__name__)
     return LoadedModel(model, spec, getattr(model, "class_names", None), getattr(model, "default_layers", None))
-
-
-register_model_scheme(
-    "torchvision",
-    _torchvision,
-    "torchvision:NAME - a torchvision architecture, random weights unless a weights file (state dict) is given",
-)

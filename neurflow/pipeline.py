@@ -20,8 +20,8 @@ from torch import nn
 from ._version import __version__
 from .artifact import RunStore, hash_tensors, model_hash, run_hash
 from .circuit import Circuit, Layer, _frozen_map
-from .config import NeurFlowConfig
-from .core import adaptive_lengths, attribute, fit_node, rank_core, top_exemplars
+from .config import PRECISION_CHECK_NODES, NeurFlowConfig
+from .core import adaptive_lengths, attribute, choose_steps, fit_node, rank_core, top_exemplars
 from .crops import CropPool
 from .data import select_class_images
 from .errors import NeurFlowError, unknown_name
@@ -116,7 +116,10 @@ class NeurFlow:
 
             settings = {**cfg.method_dict(), "layers": layers, "target": target}
             model_digest = model_hash(model)
-            digest = run_hash(model_digest, hash_tensors([("images", class_images)]), settings)
+            # the run's identity: weights, class images, settings, and the model's code (the traced
+            # graph, so a changed forward() is not served the old circuit) and spec
+            code = graph.code + "\n" + str((provenance.model_spec if provenance else None) or "")
+            digest = run_hash(model_digest, hash_tensors([("images", class_images)]), settings, code)
             if store is None and out is not None:
                 store = RunStore(out, digest, overwrite)
             elif store is not None and store.digest != digest:
@@ -130,6 +133,7 @@ class NeurFlow:
             resp = pool_responses(graph, pool, layers, cfg.batch_size, cfg.device, quiet, finite=True)
             if not 0 <= target < resp[layers[0]].shape[1]:
                 raise NeurFlowError("target", f"a class index in 0..{resp[layers[0]].shape[1] - 1}", target)
+            _warn_tau_above_width(cfg.tau, {name: int(resp[name].shape[1]) for name in layers[1:]})
             timings["activations_s"] = round(time.perf_counter() - t, 3)
             fitted = self._fit_layers(graph, pool, resp, layers, target, store, quiet)
 
@@ -159,6 +163,14 @@ class NeurFlow:
             crop_sizes={str(int(s)): int((pool.side == s).sum()) for s in np.unique(pool.side)},
             timings_s=timings,
         )
+        if cfg.precision != "fp32":  # the faster arithmetic's agreement with fp32, per layer
+            agreement = {
+                layer.name: {
+                    k[len("precision_") :]: v for k, v in layer.completeness_gap.items() if k.startswith("precision_")
+                }
+                for layer, _ in fitted
+            }
+            prov = prov.replace(extra={**prov.extra, "precision_agreement": agreement})
         self.circuit_ = Circuit(
             target=target,
             layers=tuple(final),
@@ -191,11 +203,17 @@ class NeurFlow:
         cfg = self.config
         r_up, r_low = resp[upper], resp[lower]
         exemplars = {n: top_exemplars(r_up, n, cfg.top_k) for n in nodes}
-        scores, gaps = attribute(graph, pool, upper, lower, exemplars, cfg, quiet)
+        steps = choose_steps(graph, pool, upper, lower, exemplars, cfg) if cfg.ig_steps == "auto" else int(cfg.ig_steps)
+        scores, gaps = attribute(graph, pool, upper, lower, exemplars, cfg, quiet, steps)
         ranked, imps = {}, {}
         for n in nodes:
             order, imp = rank_core(scores[n])
             ranked[n], imps[n] = order[: min(cfg.tau, len(order))], imp
+        facts = _gap(gaps)
+        if cfg.ig_steps == "auto":
+            facts["ig_steps"] = float(steps)
+        if cfg.precision != "fp32":
+            facts.update(self._precision_check(graph, pool, upper, lower, exemplars, ranked, steps))
         if cfg.adaptive_eps is not None:
             lengths = adaptive_lengths(graph, pool, upper, lower, ranked, exemplars, cfg.adaptive_eps, cfg, quiet)
             ranked = {n: ranked[n][: lengths[n]] for n in nodes}
@@ -206,8 +224,31 @@ class NeurFlow:
             for sc, v in zip(fit.node.sub_concepts, fit.vectors):
                 keys.append((n, sc.id))
                 vectors.append(v)
-        layer = Layer(name=upper, lower=lower, nodes=_frozen_map(out_nodes), completeness_gap=_frozen_map(_gap(gaps)))
+        layer = Layer(name=upper, lower=lower, nodes=_frozen_map(out_nodes), completeness_gap=_frozen_map(facts))
         return layer, {"keys": np.asarray(keys, dtype=np.int64).reshape(-1, 2), "vectors": np.stack(vectors)}
+
+    def _precision_check(self, graph, pool, upper, lower, exemplars, ranked, steps) -> dict:
+        """A faster ``precision``'s agreement with fp32 at one layer: the core sets of up to
+        ``PRECISION_CHECK_NODES`` nodes recomputed in fp32 (the run's facts, per layer)."""
+        cfg = self.config
+        sample = sorted(ranked)[:PRECISION_CHECK_NODES]
+        exact = dataclasses.replace(cfg, precision="fp32")
+        scores, _ = attribute(graph, pool, upper, lower, {n: exemplars[n] for n in sample}, exact, True, steps)
+        same_order = same_set = 0
+        jaccard = []
+        for n in sample:
+            ref = rank_core(scores[n])[0][: len(ranked[n])]
+            same_order += int(np.array_equal(ref, ranked[n]))
+            a, b = set(ref.tolist()), set(ranked[n].tolist())
+            same_set += int(a == b)
+            jaccard.append(len(a & b) / max(1, len(a | b)))
+        m = max(1, len(sample))
+        return {
+            "precision_nodes_checked": float(len(sample)),
+            "precision_identical_ordered": same_order / m,
+            "precision_identical_sets": same_set / m,
+            "precision_mean_jaccard": float(np.mean(jaccard)) if jaccard else 1.0,
+        }
 
 
 def _gap(gaps: np.ndarray) -> dict:
@@ -219,6 +260,20 @@ def _gap(gaps: np.ndarray) -> dict:
     }
     gap["relative"] = gap["mean_abs"] / gap["mean_abs_delta"] if gap["mean_abs_delta"] > 0 else 0.0
     return gap
+
+
+def _warn_tau_above_width(tau: int, widths: dict) -> None:
+    """One warning per layer narrower than ``tau`` (its channels are the core candidates): there
+    every node's core is the whole layer, which is rarely what was meant."""
+    for name, width in widths.items():
+        if tau > width:
+            log.warning(
+                "tau %d is above the %d channels of layer %s: a core there holds at most all %d",
+                tau,
+                width,
+                name,
+                width,
+            )
 
 
 def _next_nodes(layer: Layer) -> list[int]:

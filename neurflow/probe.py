@@ -88,14 +88,34 @@ def preserved(model: nn.Module, eval_mode: bool = True, freeze: bool = False) ->
             p.requires_grad_(flag)
 
 
+def check_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has; a ``NeurFlowError`` naming ``device``
+    otherwise (an unknown spelling, CUDA or MPS without one, ``cuda:3`` with fewer GPUs)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise NeurFlowError("device", "a torch device such as cpu, cuda or cuda:1", device) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NeurFlowError("device", "a device this machine has", device, "torch sees no CUDA GPU; use cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise NeurFlowError(
+                "device", f"cuda:0..cuda:{n - 1} ({n} CUDA device(s) visible)", device, "use one of them, or cpu"
+            )
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise NeurFlowError("device", "a device this machine has", device, "torch sees no MPS device; use cpu")
+    return dev
+
+
 class on_device:
     """Within the block the model's parameters and buffers are on ``device``; afterwards every
     module holds its own tensor objects again, where they were: parameters (the same
     ``Parameter`` objects, with their data and grads) and buffers, put back by name
-    (``Module._apply`` may replace both)."""
+    (``Module._apply`` may replace both).  A device the machine lacks is refused (``check_device``)."""
 
     def __init__(self, model: nn.Module, device):
-        self.model, self.device = model, torch.device(device)
+        self.model, self.device = model, check_device(device)
 
     def __enter__(self) -> nn.Module:
         dev = self.device
@@ -144,6 +164,36 @@ def threads(n: int | None) -> Iterator[int]:
         yield n
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def precision(mode: str, device="cpu") -> Iterator[str]:
+    """The arithmetic of the forwards and backwards within the block: ``fp32`` (exact, as is),
+    ``tf32`` (TensorFloat-32 matmuls and convolutions where the hardware has them: Ampere and later
+    GPUs) or ``bf16`` (bfloat16 autocast on the device).  Global switches are restored afterwards."""
+    if mode == "fp32":
+        yield mode
+        return
+    if mode == "tf32":
+        before = (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision(),
+        )
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        try:
+            yield mode
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
+            torch.set_float32_matmul_precision(before[2])
+        return
+    if mode == "bf16":
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+            yield mode
+        return
+    raise NeurFlowError("precision", "fp32, tf32 or bf16", mode)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -26,26 +25,7 @@ from .artifact import RunDir, hash_tensors, model_hash
 from .circuit import Circuit
 from .config import NeurFlowConfig
 from .errors import NeurFlowError
-
-
-def _opt(help: str, **kw):
-    return field(metadata={"help": help}, **kw)
-
-
-@dataclass(frozen=True)
-class Reopen:
-    """How to reopen a run's model and data (the flags of debug, audit and eval)."""
-
-    model: str | None = _opt("override the run's recorded model spec", default=None)
-    weights: str | None = _opt("override the run's weights file (loaded with weights_only=True)", default=None)
-    trust_checkpoint: bool = _opt("allow a checkpoint that needs pickle", default=False)
-    data: str | None = _opt("override the run's data", default=None)
-    transform: str | None = field(
-        default=None, metadata={"help": "override the run's transform", "choices": ("imagenet", "none")}
-    )
-    batch_size: int | None = _opt("batch size (default: the run's config)", default=None)
-    device: str | None = _opt("cpu or cuda (default: the run's config)", default=None)
-    quiet: bool = _opt("no progress bars", default=False)
+from .options import Reopen
 
 
 class Run:
@@ -257,7 +237,7 @@ def read_image(path: str, circuit: Circuit) -> torch.Tensor:
     """An image file prepared like the run's inputs: the ImageNet preset when the run used it,
     else the pixels scaled to [0, 1], converted to the run's channel count and resized to its
     image size.  Returns [C, S, S]."""
-    from .datasets import IMAGE_EXT, imagenet_transform
+    from .datasets import IMAGE_EXT, imagenet_transform, to_rgb
 
     p = Path(path)
     if not p.is_file():
@@ -269,12 +249,14 @@ def read_image(path: str, circuit: Circuit) -> torch.Tensor:
     try:
         with Image.open(p) as im:
             if prov.transform == "imagenet":
-                x = imagenet_transform(im.convert("RGB"))
+                x = imagenet_transform(to_rgb(im))
             else:
-                img = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+                img = (
+                    to_rgb(im).convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+                )
                 a = np.asarray(img, dtype=np.float32) / 255.0
                 x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise NeurFlowError("image", "a readable image file", path, str(exc)[:160]) from None
     if x.shape[-1] != size:
         raise NeurFlowError(

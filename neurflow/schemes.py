@@ -3,8 +3,9 @@
 A spec ``NAME:REST`` whose ``NAME`` is a registered scheme is handed to that scheme's loader as
 ``REST``; every other spec falls through to the built-in forms of ``models.py`` / ``datasets.py``
 (``package.module:factory``, ``file.py:factory``, a TorchScript file; an image folder, a ``.pt``
-file).  Schemes are registered with ``neurflow.models.register_model_scheme`` and
-``neurflow.datasets.register_data_scheme``.
+file).  Schemes are registered with ``register_model_scheme`` and ``register_data_scheme``
+(here, also importable from ``neurflow.models`` and ``neurflow.datasets``).  This module imports
+no torch: the command line reads the schemes' help from it (``neurflow --help`` stays fast).
 
 *Plugins* are callables without arguments that register schemes.  They are found once, on the
 first look-up in either registry:
@@ -14,8 +15,9 @@ first look-up in either registry:
 * ``BUILTIN_PLUGINS`` below, the plugins shipped with neurflow, loaded even when the package is
   not installed (a source checkout on ``sys.path``) or installed before an entry point was added.
 
-A plugin must not import heavy or optional packages when it registers: its loaders do that
-when they are called.  A plugin that fails to load is logged and skipped.
+A plugin must not import heavy or optional packages (torch included: register through this
+module, not ``neurflow.models``) when it registers: its loaders do that when they are called.
+A plugin that fails to load is logged and skipped.
 """
 
 from __future__ import annotations
@@ -127,3 +129,73 @@ def load_plugins() -> None:
         finally:
             _plugins_state["loading"] = False
             _plugins_state["loaded"] = True
+
+
+# -- the two registries ---------------------------------------------------------------------------
+MODEL_SCHEMES = Registry("model")
+DATA_SCHEMES = Registry("data")
+
+# the forms that are not NAME:... schemes (tried in this order when no scheme matches)
+MODEL_FALLBACKS = {
+    "factory": "package.module:factory or path/file.py:factory - calls factory(), which returns an nn.Module",
+    "torchscript": "FILE (TorchScript) - recognised and refused: torch.fx cannot slice TorchScript; "
+    "load the Python model instead",
+}
+DATA_FALLBACKS = {
+    "path": "FOLDER or FILE.pt - an image folder (one sub-folder per class, or flat) or a .pt file "
+    "with an image tensor [N, 3, H, W] or a dict with 'images' and 'labels'"
+}
+
+
+def register_model_scheme(name: str, loader: Callable, help: str) -> None:  # noqa: A002
+    """Make ``NAME:REST`` model specs load through ``loader(REST)``.
+
+    ``loader`` returns a ``LoadedModel`` (or an ``nn.Module``, whose ``class_names`` and
+    ``default_layers`` attributes are read) and raises ``NeurFlowError("model", ...)`` for a
+    name it does not know.  ``load_model`` draws its random initialisation under the seed, loads
+    ``weights`` on top and puts the model in eval mode.  ``help`` is one line that starts with
+    the spelling, e.g. ``"torchvision:NAME - ..."``.  Registering a name again replaces it."""
+    MODEL_SCHEMES.register(name, loader, help)
+
+
+def unregister_model_scheme(name: str) -> None:
+    MODEL_SCHEMES.unregister(name)
+
+
+def model_schemes() -> dict[str, str]:
+    """{name: help} of every model spec form: the registered ``NAME:...`` schemes in
+    registration order, then the fallback forms (``factory``, ``torchscript``), which are not
+    prefixes.  Every help starts with the spelling of its spec."""
+    return {**MODEL_SCHEMES.helps(), **MODEL_FALLBACKS}
+
+
+def register_data_scheme(name: str, loader: Callable, help: str) -> None:  # noqa: A002
+    """Make ``NAME:REST`` data specs load through ``loader(REST)``, which returns a ``Dataset``
+    (and raises ``NeurFlowError("data", ...)`` for a name it does not know).  ``help`` is one
+    line that starts with the spelling, e.g. ``"NAME:SET - ..."``.  Registering a name again
+    replaces it."""
+    DATA_SCHEMES.register(name, loader, help)
+
+
+def unregister_data_scheme(name: str) -> None:
+    DATA_SCHEMES.unregister(name)
+
+
+def data_schemes() -> dict[str, str]:
+    """{name: help} of every data spec form: the registered ``NAME:...`` schemes in
+    registration order, then the fallback ``path``.  Every help starts with the spelling."""
+    return {**DATA_SCHEMES.helps(), **DATA_FALLBACKS}
+
+
+def _torchvision(name: str):
+    from .models import _torchvision as load  # torch and torchvision load with the first torchvision: spec
+
+    return load(name)
+
+
+# built in, registered first (before the plugins); its loader lives in neurflow.models
+register_model_scheme(
+    "torchvision",
+    _torchvision,
+    "torchvision:NAME - a torchvision architecture, random weights unless a weights file (state dict) is given",
+)

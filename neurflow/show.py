@@ -80,7 +80,12 @@ def debug_summary(d: dict) -> str:
     lines += ["", f"trace down from G{d['strongest']} (weight x clipped score on this image):"]
     for step in d["trace"]:
         parts = [f"G{r['group']} (w {r['weight']:.3f}, score {r['score_clipped']:.2f})" for r in step["groups"]]
-        lines.append(f"  {step['layer']:<24} " + "  ".join(parts))
+        lines.append(f"  {step['layer']:<24} " + ("  ".join(parts) or "no groups at this layer: the trace stops"))
+    if not d["trace"]:
+        lines.append(
+            f"  nothing to trace down: {d['layer']} is the lowest layer of the circuit with groups (below it lies "
+            "the input layer, whose neurons form no groups); debug a higher layer with --layer to follow the image"
+        )
     lines += [
         "",
         f"verification: zeroing G{v['group']} at {v['layer']} ({len(v['neurons'])} neurons) changes "

@@ -64,13 +64,50 @@ class Plan:
     # every source of the channel-wise tail: (conv/linear module, its input is the segment input),
     # (None, True) for the segment input itself (an identity shortcut); the first is L
     sources: tuple = ()
+    # the maps that read the segment input and feed the tail's non-direct sources (e.g. a residual
+    # block's first convolution): when every path from the input to those sources starts with one
+    # of them, their transposes commute with the sum over the quadrature steps (``linear_front``)
+    front: tuple = ()
+    linear_front: bool = False
     _tail: fx.GraphModule | None = field(default=None, repr=False, compare=False)
+    _body: tuple | None = field(default=None, repr=False, compare=False)
 
     def tail(self) -> fx.GraphModule:
         """(z = L's output, *extras) -> the segment's output: the channel-wise part alone (built once)."""
         if self._tail is None:
             self._tail = self._cut_tail()
         return self._tail
+
+    def body(self) -> tuple[fx.GraphModule, tuple]:
+        """(x, *outputs of the maps that read x, *extras) -> the segment's output, and those maps in
+        order (the front maps, then the direct sources): they are linear, so their outputs along
+        the IG path are scaled copies of one evaluation per crop (built once)."""
+        if self._body is None:
+            modules = dict(self.module.named_modules())
+            graph = self.module.graph
+            x, *extras = [n for n in graph.nodes if n.op == "placeholder"]
+            direct = [m for m, d in self.sources if m is not None and d]
+            firsts = list(self.front) + direct
+            g = fx.Graph()
+            env = {x: g.placeholder(x.name)}
+            cut = {}
+            for n in graph.nodes:
+                if n.op == "call_module" and n.args and n.args[0] is x:
+                    m = modules[n.target]
+                    if any(m is f for f in firsts):
+                        cut[next(i for i, f in enumerate(firsts) if f is m)] = n
+            for i in range(len(firsts)):
+                env[cut[i]] = g.placeholder(f"first_{i}")
+            for ph in extras:
+                env[ph] = g.placeholder(ph.name)
+            for n in graph.nodes:
+                if n not in env:
+                    env[n] = g.node_copy(n, lambda a: env[a])
+            body = fx.GraphModule(self.module, g)
+            body.graph.eliminate_dead_code()
+            body.recompile()
+            self._body = (body, tuple(firsts))
+        return self._body
 
     def _cut_tail(self) -> fx.GraphModule:
         assert self.node is not None
@@ -112,7 +149,12 @@ def plan(segment: nn.Module, leaf_modules: Sequence[type] = ()) -> Plan | None:
         graph = _FlatTracer(leaf_modules).trace(segment)
     except Exception:  # noqa: BLE001 - a segment that does not flatten keeps the dense path
         return None
+    from .layers import out_of_place  # the flattened layers' in-place writes (ReLU(inplace=True)) too
+
+    out_of_place(graph, dict(segment.named_modules()))
     gm = fx.GraphModule(segment, graph)
+    _functional_maps_as_modules(gm)
+    graph = gm.graph
     modules = dict(gm.named_modules())
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
     out = next(n for n in graph.nodes if n.op == "output")
@@ -151,10 +193,115 @@ def plan(segment: nn.Module, leaf_modules: Sequence[type] = ()) -> Plan | None:
             return None
         if not node.args or not isinstance(node.args[0], fx.Node) or node.kwargs:
             return None
+    if any(a in _descendants(b) for a in maps for b in maps if a is not b):
+        return None  # maps in series (a whole ResNet stage): the output of each is captured detached
     node = maps[0]
     srcs = tuple((modules[n.target], n.args[0] is x) for n in maps) + (((None, True),) if x in sources else ())
     single = len(srcs) == 1 and srcs[0][1]
-    return Plan(gm, modules[node.target], direct=single, node=node, sources=srcs)
+    front, linear = _linear_front(graph, modules, x, maps, seen) if not single else ((), False)
+    return Plan(gm, modules[node.target], direct=single, node=node, sources=srcs, front=front, linear_front=linear)
+
+
+def _linear_front(graph: fx.Graph, modules: dict, x: fx.Node, maps: list, tail: set) -> tuple[tuple, bool]:
+    """The front maps of a segment (see ``Plan.front``) and whether the input reaches the tail's
+    non-direct sources only through them: every user of the input is a front map (a convolution or
+    linear map with zero padding, called once, on the input alone), a direct source or a tail op,
+    and no non-direct source's input is reachable from the input around the front maps."""
+    direct = {n for n in maps if n.args[0] is x}
+    front = []
+    for user in x.users:
+        if user in direct or user in tail:
+            continue
+        m = modules.get(user.target) if user.op == "call_module" else None
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or user.args[0] is not x or len(user.args) != 1 or user.kwargs:
+            return (), False
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            return (), False
+        if sum(1 for n in graph.nodes if n.op == "call_module" and n.target == user.target) != 1:
+            return (), False
+        front.append(user)
+    if not front and len(direct) < len(maps):
+        return (), False
+    stops = set(front) | set(maps)
+    reach, stack = set(), [x]
+    while stack:
+        n = stack.pop()
+        if n in reach:
+            continue
+        reach.add(n)
+        stack.extend(u for u in n.users if u not in stops)
+    if any(n.args[0] in reach for n in maps if n not in direct):
+        return (), False
+    return tuple(modules[n.target] for n in front), True
+
+
+def _functional_maps_as_modules(gm: fx.GraphModule) -> None:
+    """Rewrite ``conv2d(x, weight, bias, stride, padding, dilation, groups)`` and ``linear(x, weight,
+    bias)`` calls on the module's own parameters (a Conv2d subclass with its own ``forward``, such as
+    EfficientNet's static-same-padding convolution, traces to these) into calls of modules that share
+    those parameters, so that the plan sees them as maps."""
+    count = 0
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target not in (torch.conv2d, F.conv2d, F.linear, torch._C._nn.linear):
+            continue
+        args = list(n.args) + [None] * 7
+        x, w, b = args[0], args[1], args[2]
+        if n.kwargs or not isinstance(w, fx.Node) or w.op != "get_attr":
+            continue
+        if b is not None and not (isinstance(b, fx.Node) and b.op == "get_attr"):
+            continue
+        weight = gm.get_parameter(w.target) if _is_param(gm, w.target) else None
+        bias = None if b is None else (gm.get_parameter(b.target) if _is_param(gm, b.target) else None)
+        if weight is None or (b is not None and bias is None):
+            continue
+        if n.target in (torch.conv2d, F.conv2d):
+            stride, padding, dilation, groups = [a if a is not None else d for a, d in zip(args[3:7], (1, 0, 1, 1))]
+            if weight.ndim != 4 or isinstance(padding, str):
+                continue
+            m: nn.Module = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride,
+                                     padding, dilation, groups, bias=bias is not None, device="meta")  # fmt: skip
+        else:
+            if weight.ndim != 2:
+                continue
+            m = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        m.weight = weight
+        if bias is not None:
+            m.bias = bias
+        x = _absorb_padding(gm, x, m)
+        name = f"_nf_map_{count}"
+        count += 1
+        gm.add_submodule(name, m)
+        with gm.graph.inserting_after(n):
+            new = gm.graph.call_module(name, (x,))
+        n.replace_all_uses_with(new)
+        gm.graph.erase_node(n)
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+
+
+def _absorb_padding(gm: fx.GraphModule, x, conv: nn.Module):
+    """The input of ``conv`` with a symmetric zero padding (an ``nn.ZeroPad2d`` or ``nn.Identity``
+    module used only here) folded into the convolution's own padding."""
+    if not isinstance(conv, nn.Conv2d) or not isinstance(x, fx.Node) or x.op != "call_module" or len(x.users) != 1:
+        return x
+    pad = gm.get_submodule(x.target)
+    if isinstance(pad, nn.ZeroPad2d):
+        left, right, top, bottom = pad.padding
+        if left != right or top != bottom or isinstance(conv.padding, str):
+            return x
+        conv.padding = (conv.padding[0] + top, conv.padding[1] + left)
+    elif not isinstance(pad, nn.Identity):
+        return x
+    return x.args[0]
+
+
+def _is_param(gm: fx.GraphModule, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+    except AttributeError:
+        return False
+    return True
 
 
 def _descendants(start: fx.Node) -> set:
@@ -246,6 +393,15 @@ def _transpose(last: nn.Module, g: torch.Tensor, chans: torch.Tensor, input_shap
     if isinstance(last, nn.Linear):
         return g.reshape(-1, 1) * w
     rows = g.shape[0]
+    kh, kw = w.shape[-2:]
+    (dh, dw), (ph, pw) = last.dilation, last.padding
+    qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    if tuple(last.stride) == (1, 1) and min(qh, qw) >= 0:
+        # stride 1: the transposed map is a correlation of the zero-padded gradient with the flipped
+        # kernel: one batched matmul over the gradient's patches (far faster than a grouped conv)
+        patches = F.unfold(g.reshape(rows, 1, *g.shape[-2:]), (kh, kw), (dh, dw), (qh, qw))  # [rows, kh kw, HW]
+        if patches.shape[-1] == input_shape[1] * input_shape[2]:
+            return torch.bmm(w.flip(-1, -2).reshape(rows, w.shape[1], kh * kw), patches).view(rows, *input_shape)
     return torch.nn.grad.conv2d_input(
         (1, rows * input_shape[0], *input_shape[1:]), w, g.reshape(1, rows, *g.shape[-2:]),
         last.stride, last.padding, last.dilation, groups=rows,
@@ -328,7 +484,7 @@ def _ig_direct(p: Plan, acts, extras, requests, steps: int, batch_size: int, off
         with torch.enable_grad():
             r = response(tail.sub(z, ch, *ex))  # [nr * steps, |ch|]
             go = (want.unsqueeze(1) * w_t.view(1, -1, 1)).flatten(0, 1)
-            (dz,) = torch.autograd.grad(r, z, go)
+            (dz,) = torch.autograd.grad(r, z, go.to(r.dtype))
         gsum = dz.double().view(len(rows), steps, *dz.shape[1:]).sum(1)  # [nr, |ch|, ...]
         for i, row in enumerate(rows):
             sl = slice(int(offsets[row]), int(offsets[row + 1]))
@@ -363,10 +519,11 @@ def _ig_through_prefix(p: Plan, acts, extras, requests, steps: int, batch_size: 
                 for g in range(rounds):  # every requested channel of every item at once
                     have = np.nonzero(item_counts > g)[0]
                     chans = torch.from_numpy(chan_of_slot[offsets[rows_np[have]] + g]).to(r.device)
-                    go[torch.from_numpy(have).to(r.device), chans] = weights_t[stp[torch.from_numpy(have)]]
+                    go[torch.from_numpy(have).to(r.device), chans] = weights_t[stp[torch.from_numpy(have)]].to(go.dtype)
                 wrt = list(cap.zs) + ([x] if identity else [])
-                tail_grads = torch.autograd.grad(r, wrt, go, allow_unused=True)
                 pre = [(i, cap.us[i]) for i, (_, direct) in enumerate(maps) if not direct]
+                # the tail's backward may pass through values the layers before a map share with it
+                tail_grads = torch.autograd.grad(r, wrt, go, allow_unused=True, retain_graph=bool(pre))
                 for g in range(rounds):
                     have = np.nonzero(item_counts > g)[0]
                     slot = offsets[rows_np[have]] + g
@@ -383,7 +540,9 @@ def _ig_through_prefix(p: Plan, acts, extras, requests, steps: int, batch_size: 
                         for i, u in pre:
                             du = torch.zeros_like(u)
                             if tail_grads[i] is not None:
-                                du[idx] = _transpose(maps[i][0], tail_grads[i][idx, chans], chans, tuple(u.shape[1:]))
+                                du[idx] = _transpose(
+                                    maps[i][0], tail_grads[i][idx, chans], chans, tuple(u.shape[1:])
+                                ).to(du.dtype)
                             dus.append(du)
                         back = torch.autograd.grad([u for _, u in pre], x, dus, retain_graph=g < rounds - 1)[0]
                         grad += back[idx]
@@ -394,6 +553,110 @@ def _ig_through_prefix(p: Plan, acts, extras, requests, steps: int, batch_size: 
                     slot_t = torch.from_numpy(slot)
                     scores.index_add_(0, slot_t, response(attr).double().cpu())
                     totals.index_add_(0, slot_t, attr.flatten(1).sum(1).double().cpu())
+
+
+def _transpose_full(m: nn.Module, g: torch.Tensor, input_shape) -> torch.Tensor:
+    """The gradient at a map's input of ``g`` (a gradient at its whole output), [rows, *input_shape]."""
+    w = m.weight.to(g.dtype)
+    if isinstance(m, nn.Linear):
+        return g @ w
+    return torch.nn.grad.conv2d_input((g.shape[0], *input_shape), w, g, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _ig_linear_front(p: Plan, acts, extras, requests, steps: int, batch_size: int, offsets, scores, totals):
+    """IG of a plan whose input reaches the tail only through linear maps (``Plan.linear_front``).
+
+    The maps that read the input are evaluated once per crop (their outputs along the path are
+    scaled copies); per step one forward of the rest, one backward of all nodes through the tail
+    and, per node, the backward from the non-direct sources to the front maps' outputs.  The
+    weighted sums over the steps of the gradients at the front maps' and direct sources' outputs
+    (and at the input, for an identity shortcut) then go through the transposed maps once per
+    (node, crop) instead of once per step."""
+    alphas, weights = gauss_legendre(steps)
+    alphas_t = torch.as_tensor(alphas, dtype=acts.dtype, device=acts.device)
+    weights_t = torch.as_tensor(weights, dtype=acts.dtype, device=acts.device)
+    counts = np.asarray([len(r) for r in requests], dtype=np.int64)
+    chan_of_slot = np.asarray([c for r in requests for c in r], dtype=np.int64)
+    body, firsts = p.body()
+    n_front = len(p.front)
+    pre = [m for m, direct in p.sources if m is not None and not direct]  # maps after other layers
+    identity = any(m is None for m, _ in p.sources)
+    acc: dict[int, list] = {}  # slot -> the step sums: [per first map..., identity]
+    seen_steps = np.zeros(len(counts), dtype=np.int64)
+    shape = tuple(acts.shape[1:])
+
+    def finish(row: int) -> None:
+        sl = np.arange(offsets[row], offsets[row + 1])
+        chans = torch.as_tensor(chan_of_slot[sl], device=acts.device)
+        parts = [torch.stack([acc[int(s)][k] for s in sl]) for k in range(len(firsts) + identity)]
+        grad = torch.zeros((len(sl), *shape), dtype=torch.float64, device=acts.device)
+        for k, m in enumerate(firsts):
+            grad += _transpose_full(m, parts[k], shape) if k < n_front else _transpose(m, parts[k], chans, shape)
+        if identity:
+            grad[torch.arange(len(sl), device=acts.device), chans] += parts[-1]
+        attr = acts[row].double().unsqueeze(0) * grad
+        scores[sl] = response(attr).cpu()
+        totals[sl] = attr.flatten(1).sum(1).cpu()
+        for s in sl:
+            del acc[int(s)]
+
+    with _Capture(*pre) as cap:
+        for rows_np, rows, stp, _, x in step_batches(acts, counts, alphas_t, batch_size):
+            ex = [e[rows] for e in extras]
+            item_counts = counts[rows_np]
+            rounds = int(item_counts.max())
+            uniq, inv = np.unique(rows_np, return_inverse=True)
+            inv_t = torch.from_numpy(inv).to(acts.device)
+            with torch.no_grad():
+                outs = []
+                for m in firsts:
+                    z = m(acts[torch.from_numpy(uniq).to(acts.device)])
+                    bias = _bias(m, z)
+                    a = alphas_t[stp].view(-1, *([1] * (z.ndim - 1)))
+                    outs.append((a * (z - bias)[inv_t] + bias).requires_grad_(True))
+            with torch.enable_grad():
+                r = response(body(x, *outs, *ex))
+                go = torch.zeros_like(r)
+                for g in range(rounds):  # every requested channel of every item at once
+                    have = np.nonzero(item_counts > g)[0]
+                    chans = torch.from_numpy(chan_of_slot[offsets[rows_np[have]] + g]).to(r.device)
+                    go[torch.from_numpy(have).to(r.device), chans] = weights_t[stp[torch.from_numpy(have)]].to(go.dtype)
+                wrt = list(cap.zs) + outs[n_front:] + ([x] if identity else [])
+                tail_grads = torch.autograd.grad(r, wrt, go, allow_unused=True)
+                pre_grads, later = tail_grads[: len(pre)], tail_grads[len(pre) :]
+                for g in range(rounds):
+                    have = np.nonzero(item_counts > g)[0]
+                    slot = offsets[rows_np[have]] + g
+                    idx = torch.from_numpy(have).to(x.device)
+                    chans = torch.from_numpy(chan_of_slot[slot]).to(x.device)
+                    got: list = []
+                    if n_front:
+                        dus = []
+                        for i, u in enumerate(cap.us):
+                            du = torch.zeros_like(u)
+                            if pre_grads[i] is not None:
+                                du[idx] = _transpose(pre[i], pre_grads[i][idx, chans], chans, tuple(u.shape[1:])).to(
+                                    du.dtype
+                                )
+                            dus.append(du)
+                        back = torch.autograd.grad(
+                            list(cap.us), outs[:n_front], dus, retain_graph=g < rounds - 1, allow_unused=True
+                        )
+                        got += [torch.zeros_like(f[idx]) if b is None else b[idx] for f, b in zip(outs, back)]
+                    for k, dz in enumerate(later):
+                        ref = outs[n_front + k] if k < len(later) - identity else x
+                        got.append(torch.zeros_like(ref[idx, 0]) if dz is None else dz[idx, chans])
+                    for j, s in enumerate(slot.tolist()):
+                        if s in acc:
+                            for total, v in zip(acc[s], got):
+                                total += v[j]
+                        else:
+                            acc[s] = [v[j].double() for v in got]
+            np.add.at(seen_steps, rows_np, 1)
+            for row in uniq:
+                if seen_steps[row] == steps:
+                    finish(int(row))
+    assert not acc
 
 
 def integrated_gradients_sparse(
@@ -435,6 +698,8 @@ def integrated_gradients_sparse(
 
     if p.direct:
         _ig_direct(p, acts, extras, requests, steps, batch_size, offsets, scores, totals)
+    elif p.linear_front:
+        _ig_linear_front(p, acts, extras, requests, steps, batch_size, offsets, scores, totals)
     else:
         _ig_through_prefix(p, acts, extras, requests, steps, batch_size, offsets, scores, totals)
 

@@ -25,7 +25,7 @@ PRETRAINED = "pretrained"  # timm:NAME@pretrained
 
 
 def register() -> None:
-    from .models import register_model_scheme
+    from .schemes import register_model_scheme  # not .models: no torch to register
 
     register_model_scheme(
         "timm",

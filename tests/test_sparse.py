@@ -4,6 +4,7 @@ and as captum (the independent oracle)."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from neurflow.attribution import integrated_gradients
@@ -82,12 +83,13 @@ def test_plans_follow_the_structure(blocks):
     kinds = {}
     for upper, lower in zip(LAYERS, LAYERS[1:]):
         p = plan(g.segment(lower, upper))
-        kinds[upper] = None if p is None else (type(p.last).__name__, p.direct, len(p.sources))
+        kinds[upper] = None if p is None else (type(p.last).__name__, p.direct, len(p.sources), p.linear_front)
     assert kinds == {
-        "block2": ("Conv2d", True, 1),  # conv -> BN -> ReLU -> pool on the lower output itself
-        "block3": ("Conv2d", True, 1),  # conv -> SiLU -> dropout
-        "res": ("Conv2d", False, 2),  # relu(bn(conv(x)) + x): the conv and the identity shortcut
-        "head": ("Linear", False, 1),  # pooling and flatten before the linear map
+        "block2": ("Conv2d", True, 1, False),  # conv -> BN -> ReLU -> pool on the lower output itself
+        "block3": ("Conv2d", True, 1, False),  # conv -> SiLU -> dropout
+        # relu(bn(conv(x)) + x): the conv and the identity shortcut, both read x: the steps sum first
+        "res": ("Conv2d", False, 2, True),
+        "head": ("Linear", False, 1, False),  # pooling and flatten before the linear map (not a linear front)
     }
     # SkipNet: block3's conv reads block2 + the held skip (pre-part); block2's conv reads block1
     s = LayerGraph(SkipNet(), SKIP_LAYERS)
@@ -188,3 +190,126 @@ def test_projection_shortcut_block_equals_dense():
         fast = integrated_gradients_sparse(p, acts, [], requests, steps=10, batch_size=8)
     for a, b in zip(dense.scores, fast.scores):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+class SameConv(nn.Conv2d):
+    """A Conv2d with its own forward (EfficientNet's static-same-padding convolution): traced to a
+    ``conv2d`` call on the module's parameters, which the plan turns back into a map."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pad = nn.ZeroPad2d(self.kernel_size[0] // 2)
+
+    def forward(self, x):
+        return F.conv2d(self.pad(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Expand (1x1) -> BN -> ReLU6 -> depthwise 3x3 -> BN -> ReLU6 -> project (1x1) -> BN, + input."""
+
+    def __init__(self, c: int, expand: int = 3):
+        super().__init__()
+        e = c * expand
+        self.expand, self.bn0 = SameConv(c, e, 1, bias=False), nn.BatchNorm2d(e)
+        self.dw, self.bn1 = SameConv(e, e, 3, groups=e, bias=False), nn.BatchNorm2d(e)
+        self.project, self.bn2 = SameConv(e, c, 1, bias=True), nn.BatchNorm2d(c)
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        h = self.act(self.bn1(self.dw(self.act(self.bn0(self.expand(x))))))
+        return self.bn2(self.project(h)) + x
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block with an identity shortcut."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + x)
+
+
+class Exits(nn.Module):
+    """relu(x) feeds both the tail and (through conv1) the block's second conv: not a linear front."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(x)
+        return self.conv2(torch.relu(self.conv1(y))) + y
+
+
+def _randomize_bn(m: nn.Module) -> None:
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.3, 0.3)
+
+
+@pytest.mark.parametrize(
+    "block,front",
+    [(MBConv(4), True), (BasicBlock(4), True), (Bottleneck(4, 4), True), (Residual(4), True), (Exits(4), False)],
+    ids=["mbconv", "basic", "projection", "conv-identity", "around-the-front"],
+)
+def test_linear_front_equals_dense(block, front):
+    """Blocks whose input reaches the tail only through linear maps sum the quadrature steps
+    before the transposed maps; the numbers stay the dense path's."""
+    torch.manual_seed(6)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), block).eval()
+    _randomize_bn(m)
+    g = LayerGraph(m, ["2", "1"])
+    seg = g.segment("1", "2")
+    p = plan(seg)
+    assert p is not None and p.linear_front is front
+    with preserved(m, freeze=True), torch.no_grad():
+        acts = g.prefix("1", "2")(torch.randn(4, 3, 10, 10))[0]
+    requests = [[0, 3], [2], [], [1, 2, 3, 0]]
+    with preserved(m, freeze=True):
+        dense = integrated_gradients(seg, acts, [], requests, steps=10, batch_size=7)
+        fast = integrated_gradients_sparse(p, acts, [], requests, steps=10, batch_size=7)
+    for a, b in zip(dense.scores, fast.scores):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    for a, b in zip(dense.totals, fast.totals):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_functional_convolutions_become_maps_sharing_the_parameters():
+    torch.manual_seed(7)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), MBConv(4)).eval()
+    before = {k: (v.data_ptr(), v.clone()) for k, v in m.state_dict().items()}
+    g = LayerGraph(m, ["2", "1"])
+    p = plan(g.segment("1", "2"))
+    assert isinstance(p.last, nn.Conv2d) and p.last.weight is m[2].project.weight
+    assert p.front[0].weight is m[2].expand.weight and p.front[0].groups == 1
+    assert {k: v.data_ptr() for k, v in m.state_dict().items()} == {k: v[0] for k, v in before.items()}
+    assert all(torch.equal(m.state_dict()[k], v[1]) for k, v in before.items())
+    assert not any(name.startswith("_nf_map") for name, _ in m.named_modules())
+
+
+@pytest.mark.parametrize("block", [MBConv(4), BasicBlock(4), Bottleneck(4, 4)], ids=["mbconv", "basic", "projection"])
+def test_every_path_runs_under_bf16_autocast(block):
+    """--precision bf16: the sparse paths mix bfloat16 and float tensors; the scores stay close to fp32's."""
+    from neurflow.probe import precision
+
+    torch.manual_seed(8)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), block).eval()
+    _randomize_bn(m)
+    g = LayerGraph(m, ["2", "1"])
+    p = plan(g.segment("1", "2"))
+    with preserved(m, freeze=True), torch.no_grad():
+        acts = g.prefix("1", "2")(torch.randn(4, 3, 10, 10))[0]
+    requests = [[0, 3], [2], [1], [1, 2, 3, 0]]
+    with preserved(m, freeze=True):
+        exact = integrated_gradients_sparse(p, acts, [], requests, steps=10, batch_size=7)
+        with precision("bf16"):
+            fast = integrated_gradients_sparse(p, acts, [], requests, steps=10, batch_size=7)
+    a, b = np.concatenate(exact.scores).ravel(), np.concatenate(fast.scores).ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.99

@@ -12,47 +12,15 @@ import torch
 
 from ..artifact import RunDir, atomic_write, write_json
 from ..core import attribute, rank_core
-from ..errors import NeurFlowError
+from ..options import EvalOptions
 from ..probe import image_responses, layer_width, logits, masked_responses, masks_for
 from ..run import Run
 
 log = logging.getLogger(__name__)
 
 
-def _opt(help: str, default):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class Options:
-    """The experiments' own options (the CLI makes one flag of each; batch size, device and
-    progress bars come from the reopened run)."""
-
-    draws: int = _opt("random baselines per setting, E1", 10)
-    subsets: int = _opt("random channel subsets per size, E3-E5", 20)
-    sizes: tuple = _opt("subset sizes, E3-E5", (1, 5, 10, 20, 50))
-    random_sets: int = _opt("random sets against the core set, E6", 100)
-    nodes: int = _opt("nodes per layer below the class layer, E3/E5/E6/E11", 1)
-    max_crops: int = _opt("crops drawn from the pool for top-k overlaps, 0 = all", 1000)
-    max_images: int = _opt("class images for NeuronMCT's IG, E2/E10, 0 = all", 256)
-    ks: tuple = _opt("values of k, E8", (10, 30, 50, 70, 90, 110, 130, 150, 170, 190))
-    seed: int = _opt("seed of every random draw", 0)
-
-    def __post_init__(self):
-        for name in ("draws", "subsets", "random_sets", "nodes"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise NeurFlowError(name, "an integer >= 1", getattr(self, name))
-        for name in ("sizes", "ks"):
-            v = getattr(self, name)
-            if not v or not all(isinstance(x, int) and x >= 1 for x in v):
-                raise NeurFlowError(name, "integers >= 1", v)
-        for name in ("max_crops", "max_images"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise NeurFlowError(name, "an integer >= 0 (0: all)", getattr(self, name))
-
-    def key(self, *names) -> dict:
-        d = self.__dict__
-        return {n: (list(d[n]) if isinstance(d[n], tuple) else d[n]) for n in names}
+# the experiments' options live in neurflow/options.py (torch-free: the CLI's flags are built from them)
+Options = EvalOptions
 
 
 @dataclass
@@ -110,7 +78,10 @@ def ig_importance(ctx: Context, upper: str, lower: str, node: int, k: int) -> tu
 
     run = ctx.run
     ex = top_exemplars(run.responses(upper)[:, node][:, None], 0, k)
-    scores, _ = attribute(run.graph, run.pool, upper, lower, {node: ex}, run.config, quiet=True)
+    steps = run.circuit.layer(upper).completeness_gap.get("ig_steps")  # the order --ig-steps auto chose there
+    scores, _ = attribute(
+        run.graph, run.pool, upper, lower, {node: ex}, run.config, quiet=True, steps=int(steps) if steps else None
+    )
     return ex, rank_core(scores[node])[1]
 
 

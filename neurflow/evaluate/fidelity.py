@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..attribution import integrated_gradients
+from ..config import DEFAULT_IG_STEPS
 from ..probe import preserved
 from ..progress import progress
 from .common import Checkpoint, Context, channels, class_accuracy, knockoff_statistics, layer_responses, save
@@ -111,12 +112,13 @@ def mct_ranking(ctx: Context, name: str, n_images: int, rng) -> np.ndarray:
     prefix, segment = ctx.run.graph.prefix(name, top), ctx.run.graph.segment(name, top)
     total = None
     cfg = ctx.run.config
+    steps = cfg.ig_steps if isinstance(cfg.ig_steps, int) else DEFAULT_IG_STEPS  # MCT's own rule: fixed steps
     with preserved(ctx.run.model, freeze=True):
         for start in range(0, len(idx), cfg.batch_size):
             x = ctx.run.class_images[torch.from_numpy(idx[start : start + cfg.batch_size])].to(cfg.device)
             with torch.no_grad():
                 acts, *extras = prefix(x)
-            res = integrated_gradients(segment, acts, extras, [[ctx.run.target]] * len(x), cfg.ig_steps, cfg.batch_size)
+            res = integrated_gradients(segment, acts, extras, [[ctx.run.target]] * len(x), steps, cfg.batch_size)
             s = np.abs(np.concatenate(res.scores)).sum(axis=0)
             total = s if total is None else total + s
     return np.argsort(-total / len(idx), kind="stable")

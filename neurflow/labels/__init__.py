@@ -23,8 +23,6 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import NeurFlowError, unknown_name
-from ..progress import progress
-from ..run import Run
 from .base import Label, Labeler, caption_check
 
 log = logging.getLogger(__name__)
@@ -139,6 +137,9 @@ def label_run(
     which = which or labeler.default_groups
     if which not in ("traced", "all"):
         raise NeurFlowError("groups", "traced or all", which)
+    from ..progress import progress
+    from ..run import Run  # torch: loaded when labelling, not for the registry
+
     run = run if isinstance(run, Run) else Run(run)
     c = run.circuit
     jobs = _targets(c, which, layers)

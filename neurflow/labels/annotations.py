@@ -23,12 +23,15 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import hypergeom
 
 from ..errors import NeurFlowError
-from .base import Label, Labeler, Run
+from .base import Label, Labeler
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 MIN_BOX_SHARE = 0.5
 
@@ -131,6 +134,15 @@ def tag_matrix(records, crop_image: np.ndarray, crop_box: np.ndarray, files=None
     return tags, m
 
 
+def _p_value(k: int, N: int, K: int, n: int) -> float:
+    """P(at least k tagged among n crops drawn from N of which K are tagged): hypergeometric."""
+    if not n:
+        return 1.0
+    from scipy.stats import hypergeom  # scipy.stats takes half a second: loaded when labelling
+
+    return float(hypergeom.sf(k - 1, N, K, n))
+
+
 def enrichment(members: np.ndarray, tagged: np.ndarray) -> dict:
     """Statistics of one tag (``tagged``: bool over the pool) among the crops ``members``."""
     N, K, n = tagged.size, int(tagged.sum()), len(members)
@@ -144,7 +156,7 @@ def enrichment(members: np.ndarray, tagged: np.ndarray) -> dict:
         "hits": k,
         "n_exemplars": n,
         "n_tagged": K,
-        "p_value": float(hypergeom.sf(k - 1, N, K, n)) if n else 1.0,
+        "p_value": _p_value(k, N, K, n),
         "confidence": float(np.clip((precision - base) / (1 - base), 0, 1)) if base < 1 else 0.0,
     }
 
@@ -193,6 +205,16 @@ class AnnotationLabeler(Labeler):
             {k: best[k] for k in ("precision", "recall", "base_rate", "p_value", "hits", "n_exemplars", "n_tagged")}
         )
         return Label(best["tag"], self.name, best["confidence"], evidence)
+
+    check_from = "exemplar crops (all of the group's)"
+
+    def check_crops(self, run: Run, layer, group, n_true: int) -> tuple[list[int], list[int]]:
+        """Every exemplar crop of the group (the tag was chosen from all of them, not from the few
+        displayed ones, which may all lack it) against crops drawn from the whole pool (tags need no
+        thumbnail); ``n_true`` does not apply."""
+        true = layer.group_crops(group)
+        own = set(true)
+        return true, [c for c in range(len(run.circuit.arrays["crop_image"])) if c not in own]
 
     def pick(self, run: Run, text: str, crops: list[int]) -> list[int]:
         tags, m = self._prepare(run)

@@ -1,10 +1,13 @@
 """What every labeler shares: the ``Label`` record, the run as a labeler sees it, and the caption
 check (method.md section 5, with the published bugs fixed).
 
-The check mixes a group's display exemplars with as many other crops of the run (drawn, seeded,
-from the saved thumbnails that are not exemplars of the group), shuffles them, asks the labeler
-which crops match the caption, and scores the answer *by position in the mixed list* (the
-published code indexed the answer with neuron ids):
+The check mixes the crops that stand for the group with as many other crops of the run, shuffles
+them, asks the labeler which crops match the caption, and scores the answer *by position in the
+mixed list* (the published code indexed the answer with neuron ids).  Which crops stand for the
+group is the labeler's ``check_crops``: by default the group's display exemplars (what an image
+labeler was shown), the others drawn (seeded) from the saved thumbnails that are not exemplars of
+the group; a labeler that chose its caption from every exemplar crop (``annotations``) is checked
+on every exemplar crop, or the check would score a caption on crops it was not chosen from:
 
     precision = |picked and true| / |picked|      recall = |picked and true| / |true|
 
@@ -14,12 +17,15 @@ published code indexed the answer with neuron ids):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..circuit import Group, Layer
 from ..errors import NeurFlowError
-from ..run import Run
+
+if TYPE_CHECKING:  # the labelers' modules import no torch: `neurflow label --help` reads their defaults
+    from ..run import Run
 
 
 @dataclass(frozen=True)
@@ -70,13 +76,22 @@ class Labeler:
     def label_relation(self, run: Run, layer: Layer, group: Group, lower: Layer, feeders: list) -> dict:
         raise NotImplementedError
 
+    check_from = "display exemplars"  # what check_crops' true crops are, in words (the report shows it)
+
+    def check_crops(self, run: Run, layer: Layer, group: Group, n_true: int) -> tuple[list[int], list[int]]:
+        """(the crops that stand for ``group`` in the caption check, the crops the random ones are drawn
+        from).  Default: the group's display exemplars (up to ``n_true``: the crops an image labeler was
+        shown) and the saved thumbnails of the crops that are not exemplars of the group."""
+        true = layer.group_exemplars(group, n_true)
+        own = set(layer.group_crops(group)) | set(true)
+        return true, [c for c in run.thumbs if c not in own]
+
 
 def caption_check(
     labeler: Labeler, run: Run, layer: Layer, group: Group, text: str, rng: np.random.RandomState, n_true: int = 5
 ) -> dict:
-    true = layer.group_exemplars(group, n_true)
-    own = set(layer.group_crops(group)) | set(true)
-    pool = [c for c in run.thumbs if c not in own]
+    true, pool = labeler.check_crops(run, layer, group, n_true)
+    true = [int(c) for c in true]
     n_random = min(len(true), len(pool))
     randoms = [int(c) for c in rng.choice(pool, size=n_random, replace=False)] if n_random else []
     mixed = true + randoms
@@ -93,6 +108,7 @@ def caption_check(
         "recall": hits / len(true) if true else 0.0,
         "n_true": len(true),
         "n_random": n_random,
+        "true_from": labeler.check_from,
         "shown": mixed,
         "picked": picked,
         "true": true,

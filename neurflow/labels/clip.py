@@ -17,11 +17,15 @@ from __future__ import annotations
 import importlib.util
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import NeurFlowError
-from .base import Label, Labeler, Run
+from .base import Label, Labeler
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 TEMPERATURE = 0.01
 DEFAULT_WORDS = (

@@ -26,10 +26,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..artifact import atomic_write
 from ..errors import NeurFlowError
-from .base import Label, Labeler, Run, mime_of
+from .base import Label, Labeler, mime_of
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,8 @@ class ChatClient:
             except (OSError, ValueError, KeyError):
                 pass
         reply = self._send(body)
+        from ..artifact import atomic_write  # torch: loaded when an answer is cached, not at import
+
         try:
             atomic_write(path, json.dumps({"model": self.model, "reply": reply}).encode())
         except OSError as exc:  # a read-only cache costs reruns, nothing else

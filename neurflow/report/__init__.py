@@ -59,6 +59,8 @@ def _label_fields(g) -> dict:
         if check is not None:
             info["check"] = {k: _num(check[k]) for k in ("precision", "recall") if k in check}
             info["check"].update({k: int(check[k]) for k in ("n_true", "n_random") if k in check})
+            if check.get("true_from") is not None:
+                info["check"]["true_from"] = str(check["true_from"])
         out["label_info"] = info
     if g.relation is not None:
         rel = dict(g.relation)

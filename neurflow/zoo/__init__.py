@@ -21,8 +21,7 @@ DATA = ("fashion-mnist", "fashion-mnist-marked", "photos")
 
 def register() -> None:
     """Register the ``zoo:`` schemes (called once by ``neurflow.schemes.load_plugins``)."""
-    from ..datasets import register_data_scheme
-    from ..models import register_model_scheme
+    from ..schemes import register_data_scheme, register_model_scheme  # not ..models: no torch to register
 
     register_model_scheme(
         "zoo",

@@ -1,0 +1,158 @@
+"""--ig-steps auto, --ig-tol and --precision: what they choose and what they record."""
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import neurflow
+from neurflow import core
+from neurflow.attribution import integrated_gradients
+from neurflow.config import IG_ORDERS, NeurFlowConfig
+from neurflow.crops import CropPool
+from neurflow.errors import NeurFlowError
+from neurflow.layers import LayerGraph
+from neurflow.probe import precision, preserved
+
+from conftest import SKIP_LAYERS, majority_class
+
+SETTINGS = dict(tau=3, top_k=6, granularities=(1.0, 0.5), batch_size=16)
+
+
+def test_auto_steps_pick_the_smallest_order_under_the_tolerance(skipnet, tiny_images):
+    target = majority_class(skipnet, tiny_images)
+    runs = {}
+    for tol in (0.5, 1e-3):
+        nf = neurflow.NeurFlow(ig_steps="auto", ig_tol=tol, **SETTINGS)
+        runs[tol] = nf.fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS).circuit_
+    loose = [int(l.completeness_gap["ig_steps"]) for l in runs[0.5].layers]
+    tight = [int(l.completeness_gap["ig_steps"]) for l in runs[1e-3].layers]
+    assert all(o in IG_ORDERS for o in loose + tight)
+    assert all(a <= b for a, b in zip(loose, tight)) and loose != tight  # a tighter tolerance needs more steps
+    for layer in runs[1e-3].layers:  # the whole layer's gap is of the sample's size too
+        assert layer.completeness_gap["relative"] < 1e-3 * 5
+    # the run with the chosen orders equals fixed-step runs at those orders, layer by layer
+    for layer, order in zip(runs[1e-3].layers[:1], tight[:1]):
+        fixed = neurflow.NeurFlow(ig_steps=order, **SETTINGS).fit(
+            skipnet, tiny_images, target=target, layers=SKIP_LAYERS
+        )
+        ref = fixed.circuit_.layers[0]
+        assert {n: v.core for n, v in ref.nodes.items()} == {n: v.core for n, v in layer.nodes.items()}
+        for n in ref.nodes:
+            np.testing.assert_allclose(layer.nodes[n].importance, ref.nodes[n].importance, rtol=1e-9)
+
+
+def test_choose_steps_against_brute_force(skipnet, tiny_images):
+    cfg = NeurFlowConfig(ig_steps="auto", ig_tol=1e-3, **SETTINGS)
+    graph = LayerGraph(skipnet, SKIP_LAYERS)
+    pool = CropPool(tiny_images, cfg.granularities, cfg.stride_ratio)
+    with torch.no_grad():
+        resp = graph.recorder(["block3"])(pool.get(range(len(pool))))[0]
+    width = resp.shape[1]
+    exemplars = {n: core.top_exemplars(resp.mean((2, 3)).numpy(), n, cfg.top_k) for n in range(width)}
+    chosen = core.choose_steps(graph, pool, "block3", "block2", exemplars, cfg)
+    # brute force on the same sample: every order's relative gap
+    crops, requests = core._requests(exemplars)
+    gaps = {}
+    with preserved(skipnet, freeze=True):
+        with torch.no_grad():
+            acts, *extras = graph.prefix("block2", "block3")(pool.get(crops))
+        seg = graph.segment("block2", "block3")
+        busiest = sorted(np.argsort(-np.asarray([len(r) for r in requests]), kind="stable")[:64].tolist())
+        take, pairs = [], 0
+        for i in np.argsort(-np.asarray([len(r) for r in requests]), kind="stable"):
+            if pairs >= 64:
+                break
+            take.append(int(i))
+            pairs += len(requests[i])
+        take = sorted(take)
+        assert set(take) <= set(busiest) or len(take) <= len(busiest)
+        for order in IG_ORDERS:
+            res = integrated_gradients(seg, acts[take], [e[take] for e in extras], [requests[i] for i in take], order)
+            gaps[order] = np.abs(res.gaps()).sum() / np.abs(np.concatenate(res.deltas)).sum()
+    want = next((o for o in IG_ORDERS if gaps[o] < 1e-3), IG_ORDERS[-1])
+    assert chosen == want
+
+
+def test_auto_steps_warn_when_no_order_reaches_the_tolerance(skipnet, tiny_images, caplog):
+    target = majority_class(skipnet, tiny_images)
+    with caplog.at_level(logging.WARNING, logger="neurflow.core"):
+        c = (
+            neurflow.NeurFlow(ig_steps="auto", ig_tol=1e-15, **SETTINGS)
+            .fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS[:3])
+            .circuit_
+        )
+    assert c.layers[0].completeness_gap["ig_steps"] == IG_ORDERS[-1]
+    assert "no order up to 100" in caplog.text
+
+
+def test_steps_settings_validate_and_enter_the_identity():
+    assert NeurFlowConfig(ig_steps="auto").method_dict()["ig_tol"] == 1e-3
+    assert "ig_tol" not in NeurFlowConfig().method_dict()  # only read by auto
+    assert "precision" not in NeurFlowConfig().method_dict()  # fp32: runs from before keep their identity
+    assert NeurFlowConfig(precision="bf16").method_dict()["precision"] == "bf16"
+    for bad in (dict(ig_steps="many"), dict(ig_steps=0), dict(ig_tol=0), dict(ig_tol=2), dict(precision="fp8")):
+        with pytest.raises(NeurFlowError):
+            NeurFlowConfig(**bad)
+
+
+def test_cli_parses_auto_and_refuses_other_words(tmp_path, capsys):
+    from neurflow.cli import build_parser, main
+
+    base = ["run", "--model", "m", "--data", "d", "--target", "0", "--out", "o"]
+    args = build_parser().parse_args([*base, "--layers", "a,b",
+                                      "--ig-steps", "auto", "--ig-tol", "1e-4", "--precision", "bf16"])  # fmt: skip
+    assert (args.ig_steps, args.ig_tol, args.precision) == ("auto", 1e-4, "bf16")
+    assert build_parser().parse_args([*base, "--ig-steps", "12"]).ig_steps == 12
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--ig-steps", "lots"])
+    assert e.value.code == 2
+
+
+def test_precision_contexts_restore_the_global_switches():
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
+    with precision("tf32"):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    after = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
+    assert after == before
+    with precision("bf16"):
+        y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
+    assert y.dtype == torch.bfloat16 and not torch.is_autocast_enabled("cpu")
+    with precision("fp32"):
+        assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["bf16", "tf32"])
+def test_faster_precision_reports_its_agreement_with_fp32(skipnet, tiny_images, mode):
+    target = majority_class(skipnet, tiny_images)
+    fast = (
+        neurflow.NeurFlow(ig_steps=8, precision=mode, **SETTINGS)
+        .fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS)
+        .circuit_
+    )
+    exact = neurflow.NeurFlow(ig_steps=8, **SETTINGS).fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS)
+    agreement = fast.meta["precision_agreement"]
+    assert list(agreement) == [l.name for l in fast.layers]
+    for layer, ref in zip(fast.layers, exact.circuit_.layers):
+        facts = agreement[layer.name]
+        checked = sorted(layer.nodes)[: int(facts["nodes_checked"])]
+        assert facts["nodes_checked"] == min(8, len(layer.nodes))
+        # recount the agreement from the two runs' ordered core sets (same nodes: the layers above agree)
+        if set(layer.nodes) == set(ref.nodes):
+            same = np.mean([layer.nodes[n].core == ref.nodes[n].core for n in checked])
+            assert facts["identical_ordered"] == pytest.approx(same)
+        assert 0 <= facts["mean_jaccard"] <= 1
+    if mode == "tf32":  # no TF32 units on a CPU: the numbers are fp32's
+        assert all(f["identical_ordered"] == 1.0 for f in agreement.values())
+    assert "precision_agreement" not in exact.circuit_.meta
+    assert dataclasses.asdict(fast.config)["precision"] == mode if hasattr(fast, "config") else True
