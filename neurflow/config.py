@@ -19,6 +19,9 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_IG_STEPS = 50  # the published number of IG steps
 IG_ORDERS = (4, 8, 12, 16, 24, 32, 50, 64, 100)
 AUTO_SAMPLE_PAIRS = 64  # the (node, crop) pairs per layer on which --ig-steps auto measures the gap
+# the adaptive rule reads each lower layer's full output on the whole pool: the activations pass
+# keeps those maps (on the CPU) when together they fit this many bytes, else each layer recomputes them
+KEEP_MAPS_BYTES = 1536 * 2**20
 # nodes per layer whose core sets a faster --precision recomputes in fp32 to report the agreement
 PRECISION_CHECK_NODES = 8
 

@@ -16,7 +16,7 @@ from .config import AUTO_SAMPLE_PAIRS, IG_ORDERS, NeurFlowConfig
 from .crops import CropPool
 from .errors import NeurFlowError
 from .layers import LayerGraph
-from .probe import layer_width, masked_responses, masks_for, precision, preserved
+from .probe import layer_width, lower_batches, masked_responses, masks_for, precision, preserved
 from .progress import progress
 from .sparse import fits, integrated_gradients_sparse, masked_prefix_responses, plan
 
@@ -143,20 +143,22 @@ def adaptive_lengths(
     eps: float,
     cfg: NeurFlowConfig,
     quiet: bool = True,
+    kept: torch.Tensor | None = None,
 ) -> dict:
-    """The adaptive eps rule, all (node, r) masks batched over the pool: returns node -> r."""
+    """The adaptive eps rule, all (node, r) masks batched over the pool: returns node -> r.
+    ``kept``: the lower layer's full outputs on the pool, when the activations pass kept them."""
     nodes = list(ranked)
     pairs = [(n, r) for n in nodes for r in range(1, len(ranked[n]) + 1)]
     if not pairs:
         return {}
     k = len(next(iter(exemplars.values())))
     sparse = plan(graph.segment(lower, upper), graph.leaf_modules) if cfg.engine == "auto" else None
-    out = _prefix_masked_sparse(sparse, graph, pool, upper, lower, ranked, cfg, quiet) if sparse else None
+    out = _prefix_masked_sparse(sparse, graph, pool, upper, lower, ranked, cfg, quiet, kept) if sparse else None
     if out is None:
         c_low = layer_width(graph, pool, lower, cfg.device)
         masks = masks_for([ranked[n][:r] for n, r in pairs], c_low, cfg.device)
         out = masked_responses(graph, pool, upper, lower, [n for n, _ in pairs], masks, None, cfg.batch_size,
-                               cfg.device, quiet, desc=f"adaptive tau {upper}")  # fmt: skip
+                               cfg.device, quiet, desc=f"adaptive tau {upper}", kept=kept)  # fmt: skip
     lengths, i = {}, 0
     for n in nodes:
         top = set(int(c) for c in exemplars[n])
@@ -170,19 +172,17 @@ def adaptive_lengths(
     return lengths
 
 
-def _prefix_masked_sparse(sparse, graph, pool, upper, lower, ranked, cfg, quiet) -> np.ndarray | None:
+def _prefix_masked_sparse(sparse, graph, pool, upper, lower, ranked, cfg, quiet, kept=None) -> np.ndarray | None:
     """The adaptive rule's masked responses through ``sparse.masked_prefix_responses`` (a direct
     channel-sparse plan), [pairs, pool]; None where the plan does not apply."""
     if not sparse.direct:
         return None
     tail = sparse.tail()
-    prefix = graph.prefix(lower, upper)
     ranked_list = [(n, [int(j) for j in ranked[n]]) for n in ranked]
     out = np.zeros((sum(len(js) for _, js in ranked_list), len(pool)), dtype=np.float32)
     bar = progress(total=len(pool), desc=f"adaptive tau {upper}", quiet=quiet, unit="crop")
     with preserved(graph.model), torch.no_grad():
-        for idx, crops in pool.batches(cfg.batch_size):
-            acts, *extras = prefix(crops.to(cfg.device))
+        for idx, (acts, *extras) in lower_batches(graph, pool, lower, upper, cfg.batch_size, cfg.device, None, kept):
             if not fits(sparse, acts, extras):
                 bar.close()
                 return None

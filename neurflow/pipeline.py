@@ -20,7 +20,7 @@ from torch import nn
 from ._version import __version__
 from .artifact import RunStore, hash_tensors, model_hash, run_hash
 from .circuit import Circuit, Layer, _frozen_map
-from .config import PRECISION_CHECK_NODES, NeurFlowConfig
+from .config import KEEP_MAPS_BYTES, PRECISION_CHECK_NODES, NeurFlowConfig
 from .core import adaptive_lengths, attribute, choose_steps, fit_node, rank_core, top_exemplars
 from .crops import CropPool
 from .data import select_class_images
@@ -130,12 +130,15 @@ class NeurFlow:
                 return self
 
             t = time.perf_counter()
-            resp = pool_responses(graph, pool, layers, cfg.batch_size, cfg.device, quiet, finite=True)
+            # the adaptive rule reads each lower layer on the whole pool: keep those maps if they fit
+            maps: dict = {low: None for low in layers[1:]} if cfg.adaptive_eps is not None else {}
+            resp = pool_responses(graph, pool, layers, cfg.batch_size, cfg.device, quiet, finite=True,
+                                  maps=maps, budget=KEEP_MAPS_BYTES)  # fmt: skip
             if not 0 <= target < resp[layers[0]].shape[1]:
                 raise NeurFlowError("target", f"a class index in 0..{resp[layers[0]].shape[1] - 1}", target)
             _warn_tau_above_width(cfg.tau, {name: int(resp[name].shape[1]) for name in layers[1:]})
             timings["activations_s"] = round(time.perf_counter() - t, 3)
-            fitted = self._fit_layers(graph, pool, resp, layers, target, store, quiet)
+            fitted = self._fit_layers(graph, pool, resp, layers, target, store, quiet, maps)
 
         for layer, _ in fitted:
             timings[f"layer_{layer.name}_s"] = layer.seconds
@@ -185,13 +188,13 @@ class NeurFlow:
         return self
 
     # ------------------------------------------------------------------------------------
-    def _fit_layers(self, graph, pool, resp, layers, target, store, quiet) -> list:
+    def _fit_layers(self, graph, pool, resp, layers, target, store, quiet, maps=None) -> list:
         """Every analysed layer top down, resumed from ``store`` and saved there as each finishes."""
         fitted: list[tuple[Layer, dict]] = list(store.load_layers()) if store is not None else []
         nodes = _next_nodes(fitted[-1][0]) if fitted else [target]
         for i in range(len(fitted), len(layers) - 1):
             t = time.perf_counter()
-            layer, arrays = self._fit_layer(graph, pool, resp, layers[i], layers[i + 1], nodes, quiet)
+            layer, arrays = self._fit_layer(graph, pool, resp, layers[i], layers[i + 1], nodes, quiet, maps or {})
             layer = dataclasses.replace(layer, seconds=round(time.perf_counter() - t, 3))
             fitted.append((layer, arrays))
             if store is not None:
@@ -199,7 +202,7 @@ class NeurFlow:
             nodes = _next_nodes(layer)
         return fitted
 
-    def _fit_layer(self, graph, pool, resp, upper, lower, nodes, quiet) -> tuple[Layer, dict]:
+    def _fit_layer(self, graph, pool, resp, upper, lower, nodes, quiet, maps) -> tuple[Layer, dict]:
         cfg = self.config
         r_up, r_low = resp[upper], resp[lower]
         exemplars = {n: top_exemplars(r_up, n, cfg.top_k) for n in nodes}
@@ -215,7 +218,8 @@ class NeurFlow:
         if cfg.precision != "fp32":
             facts.update(self._precision_check(graph, pool, upper, lower, exemplars, ranked, steps))
         if cfg.adaptive_eps is not None:
-            lengths = adaptive_lengths(graph, pool, upper, lower, ranked, exemplars, cfg.adaptive_eps, cfg, quiet)
+            kept = maps.pop(lower, None)  # used once: freed as the pass goes down
+            lengths = adaptive_lengths(graph, pool, upper, lower, ranked, exemplars, cfg.adaptive_eps, cfg, quiet, kept)
             ranked = {n: ranked[n][: lengths[n]] for n in nodes}
         out_nodes, keys, vectors = {}, [], []
         for n in nodes:

@@ -13,6 +13,7 @@ spatial (or token) mean of that channel.  Every function leaves the model as it 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Callable, Iterator, Sequence
 
@@ -22,6 +23,8 @@ from torch import nn
 
 from .errors import NeurFlowError
 from .progress import progress
+
+log = logging.getLogger(__name__)
 
 
 # -- the channel axis ----------------------------------------------------------------------
@@ -291,19 +294,39 @@ def pool_responses(
     quiet: bool = True,
     finite: bool = False,
     desc: str = "activations",
+    maps: dict | None = None,
+    budget: int = 0,
 ) -> dict:
     """name -> responses [P, C] (float32 numpy) of every crop of ``pool`` at the layers ``names``
-    (one forward pass of the recorder cut from ``graph``).  With ``finite``, NaN or inf is refused."""
+    (one forward pass of the recorder cut from ``graph``).  With ``finite``, NaN or inf is refused.
+    ``maps``: its keys name layers whose full outputs on the whole pool are put there (on the
+    CPU) when all of them fit ``budget`` bytes; it is emptied when they do not."""
     names = list(names)
     recorder = graph.recorder(names)
     out: dict = {n: [] for n in names}
+    wanted = [n for n in (maps or {}) if n in names]  # full outputs kept for the caller
+    keep: dict = {}
+    pos = 0
     bar = progress(total=len(pool), desc=desc, quiet=quiet, unit="crop")
     with preserved(graph.model), torch.no_grad():
         for idx, crops in pool.batches(batch_size):
-            for n, o in zip(names, recorder(crops.to(device))):
+            outputs = dict(zip(names, recorder(crops.to(device))))
+            for n, o in outputs.items():
                 out[n].append(response(o).float().cpu())
+            if wanted and pos == 0:  # after the first batch: do the full maps fit the budget?
+                need = sum(outputs[n][0].numel() * outputs[n].element_size() for n in wanted) * len(pool)
+                if need <= budget:
+                    keep = {n: torch.empty((len(pool), *outputs[n].shape[1:]), dtype=outputs[n].dtype) for n in wanted}
+                else:
+                    log.info("not keeping the pool's maps: %.0f MiB > %.0f MiB", need / 2**20, budget / 2**20)
+            for n, full in keep.items():
+                full[pos : pos + len(idx)] = outputs[n].cpu()
+            pos += len(idx)
             bar.update(len(idx))
     bar.close()
+    if maps is not None:
+        maps.clear()
+        maps.update(keep)
     res = {n: torch.cat(v).numpy() for n, v in out.items()}
     if finite:
         for n, r in res.items():
@@ -333,6 +356,21 @@ def layer_width(graph, pool, name: str, device="cpu") -> int:
         return width(graph.recorder([name])(pool.get([0]).to(device))[0])
 
 
+def lower_batches(graph, pool, lower: str, upper: str, batch_size: int, device="cpu", crops=None, kept=None):
+    """(crop indices, (lower output, *extras of the segment lower -> upper)) in batches over
+    ``crops`` (default: the whole pool): read from ``kept`` (the lower layer's full outputs on the
+    pool, from ``pool_responses(maps=...)``; only for segments without extras) or computed."""
+    crops = np.arange(len(pool)) if crops is None else np.asarray(crops, dtype=np.int64)
+    if kept is not None and not graph.extras(lower, upper):
+        for start in range(0, len(crops), batch_size):
+            idx = crops[start : start + batch_size]
+            yield idx, (kept[torch.from_numpy(idx)].to(device),)
+        return
+    prefix = graph.prefix(lower, upper)
+    for idx, x in pool.batches(batch_size, crops):
+        yield idx, tuple(prefix(x.to(device)))
+
+
 def masked_responses(
     graph,
     pool,
@@ -345,11 +383,12 @@ def masked_responses(
     device="cpu",
     quiet: bool = True,
     desc: str = "",
+    kept: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Responses at ``upper`` on ``crops`` (default: the whole pool) with each mask ([M, C_lower],
     1 keep, 0 zero) applied to the lower layer's channels: [M, len(crops)].  ``nodes`` is the
     upper channel read for every mask (one int for all, or a sequence of M)."""
-    prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+    segment = graph.segment(lower, upper)
     n_masks = masks.shape[0]
     crops = np.arange(len(pool)) if crops is None else np.asarray(crops, dtype=np.int64)
     chans = torch.as_tensor(np.broadcast_to(np.asarray(nodes, dtype=np.int64), (n_masks,)).copy(), device=device)
@@ -358,8 +397,7 @@ def masked_responses(
     bar = progress(total=len(crops), desc=desc or f"masking {lower}", quiet=quiet, unit="crop")
     pos = 0
     with preserved(graph.model), torch.no_grad():
-        for idx, x0 in pool.batches(batch_size, crops):
-            acts, *extras = prefix(x0.to(device))
+        for idx, (acts, *extras) in lower_batches(graph, pool, lower, upper, batch_size, device, crops, kept):
             per = max(1, batch_size // len(idx))
             for m0 in range(0, n_masks, per):
                 mk = masks[m0 : m0 + per]

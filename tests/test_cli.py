@@ -139,8 +139,14 @@ def test_demo_end_to_end(tmp_path, capsys):
     from neurflow import load
 
     c = load(tmp_path / "demo")
-    assert c.target == 7 and [l.name for l in c.layers] == ["head", "block4", "block3", "block2"]
+    assert c.target == 7 and [l.name for l in c.layers] == ["head", "block4", "block3"] and c.input_layer == "block2"
     assert all(len(l.groups) >= 1 for l in c.layers) and all(len(l.groups) >= 2 for l in c.layers[1:])
+    # selective (the adaptive rule): every layer's node set, and the input layer's core set, at most
+    # half of the layer's channels (block4 and block3 have 128, block2 64)
+    widths = {"block4": 128, "block3": 128, "block2": 64}
+    sets = {l.name: set(l.nodes) for l in c.layers[1:]}
+    sets["block2"] = {j for n in c.layers[-1].nodes.values() for j in n.core}
+    assert all(0 < len(s) <= widths[name] // 2 for name, s in sets.items()), {k: len(v) for k, v in sets.items()}
 
 
 def _one_line_exit_2(args):

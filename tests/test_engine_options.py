@@ -156,3 +156,31 @@ def test_faster_precision_reports_its_agreement_with_fp32(skipnet, tiny_images, 
         assert all(f["identical_ordered"] == 1.0 for f in agreement.values())
     assert "precision_agreement" not in exact.circuit_.meta
     assert dataclasses.asdict(fast.config)["precision"] == mode if hasattr(fast, "config") else True
+
+
+@pytest.mark.parametrize("engine", ["auto", "dense"])
+def test_adaptive_rule_from_kept_maps_equals_recomputing_them(skipnet, tiny_images, monkeypatch, engine):
+    """The activations pass keeps the lower layers' maps for the adaptive rule when they fit the
+    budget; the circuit is the one that recomputes them per layer (budget 0)."""
+    import neurflow.pipeline as pipeline
+
+    target = majority_class(skipnet, tiny_images)
+    settings = dict(ig_steps=8, adaptive_eps=0.1, engine=engine, **SETTINGS)
+    calls = []
+    from neurflow.layers import LayerGraph as LG
+
+    real = LG.prefix
+
+    def counting(self, lower, upper):
+        calls.append((lower, upper))
+        return real(self, lower, upper)
+
+    monkeypatch.setattr(LG, "prefix", counting)
+    kept = neurflow.NeurFlow(**settings).fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS).circuit_
+    with_kept = list(calls)
+    calls.clear()
+    monkeypatch.setattr(pipeline, "KEEP_MAPS_BYTES", 0)
+    again = neurflow.NeurFlow(**settings).fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS).circuit_
+    assert len(calls) > len(with_kept)  # without the kept maps, the adaptive passes run the prefixes again
+    for a, b in zip(kept.layers, again.layers):
+        assert {n: v.core for n, v in a.nodes.items()} == {n: v.core for n, v in b.nodes.items()}
