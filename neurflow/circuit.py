@@ -186,10 +186,11 @@ class Circuit:
 
     @property
     def config(self):
-        """The run's ``NeurFlowConfig`` (settings not recorded take the config's defaults)."""
+        """The run's ``NeurFlowConfig`` (settings not recorded take the config's defaults, except
+        ``trace_rule``: circuits saved before it existed were traced by the ``sum`` rule)."""
         from .config import NeurFlowConfig
 
-        return NeurFlowConfig.from_dict(dict(self.settings))
+        return NeurFlowConfig.from_dict({"trace_rule": "sum", **dict(self.settings)})
 
     @property
     def layer_names(self) -> list:

@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="published",
         help="rank and threshold by the published (unbounded) or the clipped score (default: published)",
     )
+    p.add_argument(
+        "--representatives",
+        default="5",
+        metavar="N|all",
+        help="score each group on its N members nearest the group centre, or all (default: 5, as published)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the text summary")
     add_flags(p, Reopen)
 
@@ -341,6 +347,7 @@ def cmd_debug(args) -> int:
             cfg.batch_size,
             cfg.device,
             source=source,
+            representatives=args.representatives,
         )
     name = image_name(args.image)
     result["image"]["name"] = name

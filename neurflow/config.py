@@ -3,6 +3,7 @@ the CLI maps its flags onto these fields one to one."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from .errors import NeurFlowError
 
 EDGE_NORMS = ("l1", "reference")
 GROUP_EDGE_RULES = ("published", "once")
+TRACE_RULES = ("published", "sum")
 SELECTIONS = ("predicted", "labelled")
 ENGINES = ("auto", "dense")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -31,11 +33,42 @@ def steps_or_auto(text: str):
     return "auto" if str(text).strip().lower() == "auto" else int(text)
 
 
+def count_or_counts(text: str):
+    """``--n-groups``: one integer (every layer) or a comma list of integers, one per layer."""
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        counts = tuple(int(t) for t in parts)
+    except ValueError:
+        counts = ()
+    if not counts:
+        raise argparse.ArgumentTypeError(f"expected an integer or comma-separated integers (e.g. 10,5,3), got {text!r}")
+    return counts[0] if len(counts) == 1 and "," not in str(text) else counts
+
+
 def _setting(default, help: str, choices: tuple | None = None, parse=None):
     """A setting: its default and its help text live here, the CLI flag is generated from both
     (``parse``: how the flag's text becomes the value, when the type alone does not say)."""
     meta = {"help": help, **({"choices": choices} if choices else {}), **({"parse": parse} if parse else {})}
     return field(default=default, metadata=meta)
+
+
+def _count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+
+def groups_per_layer(n_groups: int | tuple | None, count: int) -> list:
+    """``n_groups`` spread over the ``count`` analysed layers below the class layer, top down;
+    a tuple must hold exactly one count per layer."""
+    if not isinstance(n_groups, tuple):
+        return [n_groups] * count
+    if len(n_groups) != count:
+        expected = (
+            f"one number, or {count} comma-separated numbers (one per analysed layer below the class layer)"
+            if count > 1
+            else f"one number ({count} analysed layer below the class layer)"
+        )
+        raise NeurFlowError("n_groups", expected, ",".join(map(str, n_groups)))
+    return list(n_groups)
 
 
 @dataclass(frozen=True)
@@ -63,13 +96,24 @@ class NeurFlowConfig:
     max_sub_concepts: int = _setting(5, "most sub-concepts per node")
     monosemantic_threshold: float | None = _setting(None, "allow one sub-concept when no split reaches this silhouette")
     max_groups: int = _setting(100, "most groups per layer (silhouette search)")
-    n_groups: int | None = _setting(None, "fixed number of groups per layer (None: silhouette argmax)")
+    n_groups: int | tuple | None = _setting(
+        None,
+        "fixed number of groups per layer: one number, or a comma list with one per analysed layer below the "
+        "class layer, top down, e.g. 10,5,3 (None: silhouette argmax)",
+        parse=count_or_counts,
+    )
     group_edge_rule: str = _setting(
         "published",
         "published: a lower weight counts once per sub-concept in the group; once: once per neuron",
         GROUP_EDGE_RULES,
     )
-    top_n: int = _setting(3, "groups traced per layer")
+    top_n: int = _setting(3, "groups traced per layer (per kept upper group under --trace-rule published)")
+    trace_rule: str = _setting(
+        "published",
+        "published: each kept upper group keeps its own top-n lower groups, the trace is their union; "
+        "sum: the top-n lower groups by weight summed over the kept upper groups",
+        TRACE_RULES,
+    )
     selection: str = _setting("predicted", "class images: predicted or labelled as the target", SELECTIONS)
     engine: str = _setting(
         "auto",
@@ -85,6 +129,8 @@ class NeurFlowConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "granularities", tuple(float(g) for g in self.granularities))
+        if isinstance(self.n_groups, list):
+            object.__setattr__(self, "n_groups", tuple(self.n_groups))
         self.validate()
 
     def validate(self) -> None:
@@ -119,7 +165,15 @@ class NeurFlowConfig:
             self.max_sub_concepts,
         )
         need(self.max_groups >= 1, "max_groups", "an integer >= 1", self.max_groups)
-        need(self.n_groups is None or self.n_groups >= 1, "n_groups", "an integer >= 1", self.n_groups)
+        need(
+            self.n_groups is None
+            or (_count(self.n_groups))
+            or (isinstance(self.n_groups, tuple) and len(self.n_groups) > 0 and all(map(_count, self.n_groups))),
+            "n_groups",
+            "an integer >= 1 or a tuple of them (one per analysed layer below the class layer)",
+            self.n_groups,
+            "e.g. 10,5,3",
+        )
         need(
             self.group_edge_rule in GROUP_EDGE_RULES,
             "group_edge_rule",
@@ -127,6 +181,7 @@ class NeurFlowConfig:
             self.group_edge_rule,
         )
         need(self.top_n >= 1, "top_n", "an integer >= 1", self.top_n)
+        need(self.trace_rule in TRACE_RULES, "trace_rule", " or ".join(TRACE_RULES), self.trace_rule)
         need(self.selection in SELECTIONS, "selection", " or ".join(SELECTIONS), self.selection)
         need(self.engine in ENGINES, "engine", " or ".join(ENGINES), self.engine)
         need(
@@ -142,12 +197,18 @@ class NeurFlowConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["granularities"] = list(self.granularities)
+        if isinstance(self.n_groups, tuple):
+            d["n_groups"] = list(self.n_groups)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "NeurFlowConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        kw: dict[str, Any] = {k: (tuple(v) if k == "granularities" else v) for k, v in d.items() if k in names}
+        kw: dict[str, Any] = {
+            k: (tuple(v) if k in ("granularities", "n_groups") and isinstance(v, (list, tuple)) else v)
+            for k, v in d.items()
+            if k in names
+        }
         return cls(**kw)
 
     def method_dict(self) -> dict:

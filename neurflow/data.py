@@ -60,8 +60,9 @@ def to_uint8(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> np.ndarray:
     return x[:, :3].permute(0, 2, 3, 1).numpy()
 
 
-def thumbnails(pool, indices) -> dict:
-    """PNG bytes of the crops ``indices`` (as the model saw them), at most THUMB px."""
+def thumbnails(pool, indices, max_px: int | None = THUMB) -> dict:
+    """PNG bytes of the crops ``indices`` (as the model saw them: each resized to the pool's image
+    size), at most ``max_px`` px a side (None: at the model's resolution)."""
     out = {}
     if not len(indices):
         return out
@@ -69,8 +70,8 @@ def thumbnails(pool, indices) -> dict:
     for idx, crops in pool.batches(64, indices):
         for i, a in zip(idx, to_uint8(crops, lo, hi)):
             img = Image.fromarray(a)
-            if img.size[0] > THUMB:
-                img = img.resize((THUMB, THUMB), Image.BILINEAR)
+            if max_px and img.size[0] > max_px:
+                img = img.resize((max_px, max_px), Image.BILINEAR)
             buf = io.BytesIO()
             img.save(buf, format="PNG")
             out[int(i)] = buf.getvalue()

@@ -43,14 +43,20 @@ class Dataset:
 
 
 def imagenet_transform(img: Image.Image) -> torch.Tensor:
-    """Resize the shorter side to 256, centre-crop 224, normalise (ImageNet statistics)."""
+    """torchvision's ``Resize(256)`` + ``CenterCrop(224)`` + ``ToTensor`` + ``Normalize`` (ImageNet
+    statistics) on a PIL image, to the pixel, without importing torchvision (an optional
+    dependency): the shorter side becomes 256 and the longer ``int(256 * long / short)`` (truncated,
+    as torchvision), PIL bilinear (antialiased, as torchvision on PIL images), then the 224 crop at
+    ``int(round((size - 224) / 2))`` (Python's round, as torchvision)."""
     w, h = img.size
-    s = 256 / min(w, h)
-    img = img.resize((max(224, round(w * s)), max(224, round(h * s))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - 224) // 2, (h - 224) // 2
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = 256, int(256 * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - 224) / 2.0)), int(round((new_w - 224) / 2.0))
     img = img.crop((left, top, left + 224, top + 224))
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
     return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
 
 

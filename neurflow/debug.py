@@ -1,10 +1,12 @@
 """Debug one image through a circuit (method.md section 4).
 
 For an image and a layer L of the circuit: cut the image into crops the way the run did, read
-every crop's layer-L responses a(p), and score each group G of L (member neurons j, reference
-r_j = the mean activation of the members' sub-concepts of j):
+every crop's layer-L responses a(p), and score each group G of L on its *representatives* (as
+published: its ``representatives`` members (neuron, sub-concept) nearest the group centre in
+concept-vector space, default 5, or all members).  A neuron j enters the mean once per
+representative sub-concept of it, with reference r_j = the mean activation of those sub-concepts:
 
-    s_G(p) = mean_j log(max(a_j(p), 0) / (|r_j| + 1e-6) + 1e-6)
+    s_G(p) = mean over the representatives (j, s) of log(max(a_j(p), 0) / (|r_j| + 1e-6) + 1e-6)
     score_G = exp(max_p s_G(p))                      (``published``: unbounded above)
     score_G = the same with each ratio clipped at 1  (``clipped``: in (0, 1], one neuron far
                                                       above its reference cannot carry the group)
@@ -33,17 +35,39 @@ from .probe import logits, pool_responses, top_k
 log = logging.getLogger(__name__)
 SCORES = ("published", "clipped")
 EPS = 1e-6
+REPRESENTATIVES = 5  # the published num_top_vecs
 
 
-def group_references(layer: Layer) -> dict:
-    """group id -> (member neurons [m], reference values r_j [m])."""
+def representatives_count(value) -> int | None:
+    """``--representatives``: a positive integer, or ``all`` / None (every member)."""
+    if value is None or str(value).strip().lower() == "all":
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise NeurFlowError(
+            "representatives", "a positive integer or all (published default: 5)", value, "e.g. --representatives 5"
+        )
+    return int(text)
+
+
+def representative_members(group, representatives: int | None) -> tuple:
+    """The group's first ``representatives`` members (they are stored nearest the centre first;
+    None: all of them)."""
+    return tuple(group.members if representatives is None else group.members[:representatives])
+
+
+def group_references(layer: Layer, representatives: int | None = REPRESENTATIVES) -> dict:
+    """group id -> (scored neurons [m], reference values r_j [m]): one entry per representative
+    (the first ``representatives`` members, nearest the centre; None: all), so a neuron appears
+    once per representative sub-concept of it, with r_j = the mean activation of those."""
     out = {}
     for g in layer.groups:
+        members = representative_members(g, representatives)
         acts: dict = {}
-        for n, s in g.members:
+        for n, s in members:
             acts.setdefault(int(n), []).append(float(layer.nodes[n].sub_concepts[s].activation))
-        neurons = np.asarray(list(acts), dtype=np.int64)
-        out[g.id] = (neurons, np.asarray([np.mean(v) for v in acts.values()], dtype=np.float64))
+        neurons = np.asarray([int(n) for n, _ in members], dtype=np.int64)
+        out[g.id] = (neurons, np.asarray([np.mean(acts[int(n)]) for n in neurons], dtype=np.float64))
     return out
 
 
@@ -104,11 +128,20 @@ def _crop_entry(pool: CropPool, p: int, pub: np.ndarray, clip: np.ndarray) -> di
     }
 
 
-def score_groups(layer: Layer, resp: np.ndarray, pool: CropPool, threshold: float, score: str) -> list[dict]:
-    """One entry per group, strongest first (by the ``score`` variant)."""
+def score_groups(
+    layer: Layer,
+    resp: np.ndarray,
+    pool: CropPool,
+    threshold: float,
+    score: str,
+    representatives: int | None = REPRESENTATIVES,
+) -> list[dict]:
+    """One entry per group, strongest first (by the ``score`` variant).  ``neurons``: all the
+    group's neurons (the verification zeroes them); ``representatives``: the scored members."""
     key = "score" if score == "published" else "score_clipped"
     out = []
-    for gid, (neurons, refs) in group_references(layer).items():
+    by_id = {g.id: g for g in layer.groups}
+    for gid, (neurons, refs) in group_references(layer, representatives).items():
         pub, clip = crop_scores(resp, neurons, refs)
         ranking = pub if score == "published" else clip
         order = np.argsort(-ranking, kind="stable")
@@ -117,7 +150,8 @@ def score_groups(layer: Layer, resp: np.ndarray, pool: CropPool, threshold: floa
         out.append(
             {
                 "group": int(gid),
-                "neurons": [int(n) for n in neurons],
+                "neurons": [int(n) for n in by_id[gid].neurons],
+                "representatives": [[int(n), int(s)] for n, s in representative_members(by_id[gid], representatives)],
                 "score": float(pub.max()),
                 "score_clipped": float(clip.max()),
                 "best_crop": int(order[0]),
@@ -130,13 +164,20 @@ def score_groups(layer: Layer, resp: np.ndarray, pool: CropPool, threshold: floa
 
 
 def trace_down(
-    circuit: Circuit, start: int, groups: list, responses: dict, pool: CropPool, threshold: float, top_n: int
+    circuit: Circuit,
+    start: int,
+    groups: list,
+    responses: dict,
+    pool: CropPool,
+    threshold: float,
+    top_n: int,
+    representatives: int | None = REPRESENTATIVES,
 ) -> list[dict]:
     """From ``groups`` of layer ``start`` down to the lowest layer with groups."""
     out, kept = [], list(groups)
     for i in range(start, len(circuit.layers) - 1):
         upper, lower = circuit.layers[i], circuit.layers[i + 1]
-        refs = group_references(lower)
+        refs = group_references(lower, representatives)
         rows = []
         for gid, (neurons, r) in refs.items():
             weight = sum(upper.group_edges.get(G, {}).get(gid, 0.0) for G in kept)
@@ -175,9 +216,13 @@ def debug_image(
     device: str | None = None,
     leaf_modules=(),
     source: str | None = None,
+    representatives: int | str | None = REPRESENTATIVES,
 ) -> dict:
     """Debug ``image`` ([C, S, S], prepared like the run's inputs) at ``layer`` (default: the
-    highest layer below the class layer).  Returns the JSON-able result."""
+    highest layer below the class layer).  ``representatives``: how many members per group are
+    scored, nearest the group centre first (published: 5), or ``"all"``.  Returns the JSON-able
+    result."""
+    n_rep = representatives_count(representatives)
     if score not in SCORES:
         raise NeurFlowError("score", " or ".join(SCORES), score)
     if not (isinstance(threshold, (int, float)) and threshold > 0 and np.isfinite(threshold)):
@@ -207,9 +252,9 @@ def debug_image(
     pool = CropPool(image[None].float(), cfg.granularities, cfg.stride_ratio)
     graph = LayerGraph(model, circuit.layer_names, leaf_modules)
     responses = pool_responses(graph, pool, [l.name for l in circuit.layers[i:]], batch_size, device)
-    groups = score_groups(L, responses[L.name], pool, threshold, score)
+    groups = score_groups(L, responses[L.name], pool, threshold, score, n_rep)
     strongest = groups[0]
-    trace = trace_down(circuit, i, [strongest["group"]], responses, pool, threshold, cfg.top_n)
+    trace = trace_down(circuit, i, [strongest["group"]], responses, pool, threshold, cfg.top_n, n_rep)
     before = logits(model, image[None], batch_size=1, device=device)[0]
     after = logits(model, image[None], {L.name: strongest["neurons"]}, batch_size=1, device=device)[0]
     names_ = class_names or circuit.provenance.class_names
@@ -222,6 +267,7 @@ def debug_image(
         "layer": L.name,
         "threshold": threshold,
         "score_variant": score,
+        "representatives": "all" if n_rep is None else n_rep,
         "n_crops": len(pool),
         "prediction": top_before[0],
         "groups": groups,

@@ -53,34 +53,59 @@ def group_edges(upper: Layer, lower: Layer, rule: str = "published") -> dict:
     return edges
 
 
-def trace(layers: list[Layer], top_n: int) -> list[tuple[str, tuple]]:
-    """From the class group(s) down: at each layer keep the ``top_n`` groups with the largest
-    summed weight from the groups kept above."""
+def trace(layers: list[Layer], top_n: int, rule: str = "published") -> list[tuple[str, tuple]]:
+    """From the class group(s) down, each layer keeps lower groups by group-edge weight from the
+    groups kept above.
+
+    ``published``: each kept upper group takes its own ``top_n`` lower groups, and the layer keeps
+    their union (up to ``top_n`` x kept groups), in order of first pick.  ``sum``: the ``top_n``
+    lower groups with the largest weight summed over the kept upper groups, strongest first.
+    Under both rules only lower groups with an edge from a kept upper group are candidates (an
+    unconnected group never outranks a connected one with negative weight); ties go to the
+    smaller group id."""
     if not layers:
         return []
     kept = tuple(g.id for g in layers[0].groups)
     out = [(layers[0].name, kept)]
     for upper, lower in zip(layers, layers[1:]):
-        score: dict = {g.id: 0.0 for g in lower.groups}
-        for G in kept:
-            for g, w in upper.group_edges.get(G, {}).items():
-                score[g] = score.get(g, 0.0) + w
-        kept = tuple(sorted(score, key=lambda g: (-score[g], g))[:top_n])
+        rows = [upper.group_edges.get(G, {}) for G in kept]
+        if rule == "sum":
+            score: dict = {}
+            for row in rows:
+                for g, w in row.items():
+                    score[g] = score.get(g, 0.0) + w
+            kept = tuple(sorted(score, key=lambda g: (-score[g], g))[:top_n])
+        else:
+            picked: dict = {}
+            for row in rows:
+                for g in sorted(row, key=lambda g: (-row[g], g))[:top_n]:
+                    picked.setdefault(g, None)
+            kept = tuple(picked)
         out.append((lower.name, kept))
     return out
 
 
-def assemble(fitted: list, max_groups: int, n_groups: int | None, rule: str, top_n: int):
+def assemble(
+    fitted: list,
+    max_groups: int,
+    n_groups: int | tuple | None,
+    rule: str,
+    top_n: int,
+    trace_rule: str = "published",
+):
     """From the fitted layers (``[(Layer, {"keys", "vectors"})]``, top down): the layers with their
-    groups and group edges, the concept arrays, and the trace."""
+    groups and group edges, the concept arrays, and the trace.  ``n_groups``: one count for every
+    layer below the class layer, or a tuple with one per such layer, top down."""
     import dataclasses
 
     from .circuit import _frozen_map
+    from .config import groups_per_layer
 
+    counts = [None, *groups_per_layer(n_groups, max(len(fitted) - 1, 0))]
     layers, arrays = [], {}
     for i, (layer, arr) in enumerate(fitted):
         keys = [tuple(k) for k in arr["keys"]]
-        labels, groups = layer_groups(keys, arr["vectors"], max_groups, n_groups, single=(i == 0))
+        labels, groups = layer_groups(keys, arr["vectors"], max_groups, counts[i], single=(i == 0))
         of = {(int(n), int(s)): int(g) for (n, s), g in zip(keys, labels)}
         nodes = {
             n: dataclasses.replace(
@@ -94,4 +119,4 @@ def assemble(fitted: list, max_groups: int, n_groups: int | None, rule: str, top
         arrays[f"concept_vectors/{layer.name}"] = arr["vectors"]
     for i in range(len(layers) - 1):
         layers[i] = dataclasses.replace(layers[i], group_edges=_frozen_map(group_edges(layers[i], layers[i + 1], rule)))
-    return layers, arrays, trace(layers, top_n)
+    return layers, arrays, trace(layers, top_n, trace_rule)

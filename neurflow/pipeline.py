@@ -20,7 +20,7 @@ from torch import nn
 from ._version import __version__
 from .artifact import RunStore, hash_tensors, model_hash, run_hash
 from .circuit import Circuit, Layer, _frozen_map
-from .config import KEEP_MAPS_BYTES, PRECISION_CHECK_NODES, NeurFlowConfig
+from .config import KEEP_MAPS_BYTES, PRECISION_CHECK_NODES, NeurFlowConfig, groups_per_layer
 from .core import adaptive_lengths, attribute, choose_steps, fit_node, rank_core, top_exemplars
 from .crops import CropPool
 from .data import select_class_images
@@ -95,6 +95,7 @@ class NeurFlow:
             raise NeurFlowError(
                 "layers", "at least two layer names (the class layer, ..., the lowest input layer)", ",".join(layers)
             )
+        groups_per_layer(cfg.n_groups, len(layers) - 2)  # a count per layer: checked before any work
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             raise NeurFlowError("images", "a float tensor [N, C, H, W]", getattr(images, "shape", type(images)))
         timings: dict = {}
@@ -143,7 +144,9 @@ class NeurFlow:
         for layer, _ in fitted:
             timings[f"layer_{layer.name}_s"] = layer.seconds
         t = time.perf_counter()
-        final, arrays, traced = assemble(fitted, cfg.max_groups, cfg.n_groups, cfg.group_edge_rule, cfg.top_n)
+        final, arrays, traced = assemble(
+            fitted, cfg.max_groups, cfg.n_groups, cfg.group_edge_rule, cfg.top_n, cfg.trace_rule
+        )
         timings["groups_s"] = round(time.perf_counter() - t, 3)
         arrays["crop_image"] = np.asarray(kept, dtype=np.int64)[pool.image_index]
         arrays["crop_box"] = pool.boxes()

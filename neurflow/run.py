@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from functools import cached_property
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .circuit import Circuit
 from .config import NeurFlowConfig
 from .errors import NeurFlowError
 from .options import Reopen
+
+log = logging.getLogger(__name__)
 
 
 class Run:
@@ -76,6 +79,41 @@ class Run:
                 "the run directory is incomplete; rerun `neurflow run` into it",
             )
         return path.read_bytes()
+
+    def crop_pngs(self, crops, max_px: int | None = None) -> list[bytes]:
+        """PNG bytes of ``crops`` at the resolution the model saw them (each crop resized to the
+        run's image size, as the pool feeds it), at most ``max_px`` px a side (None: no cap).  The
+        saved thumbnails where they are that resolution already (images of at most 64 px); else
+        the crops are cut again from the class images, which reopens the run's model and data.
+        Where those cannot be reopened (a run made from Python records no specs): the saved
+        thumbnails, with one warning."""
+        from .data import THUMB, thumbnails
+
+        cap = int(max_px) if max_px else None
+        crops = [int(c) for c in crops]
+        cache = self._cache.setdefault("pngs", {})
+        missing = list(dict.fromkeys(c for c in crops if (c, cap) not in cache))
+        if missing:
+            size = self.provenance.image_size
+            rendered: dict = {}
+            if not size or size > THUMB:
+                try:
+                    pool = self.pool
+                except NeurFlowError as exc:
+                    if not self._cache.get("warned_thumbs"):
+                        self._cache["warned_thumbs"] = True
+                        log.warning(
+                            "the crops are sent as the saved %d-px thumbnails, not at the model's %s px: "
+                            "the run's model and data could not be reopened (%s)",
+                            THUMB,
+                            size or "?",
+                            exc,
+                        )
+                else:
+                    rendered = thumbnails(pool, missing, cap)
+            for c in missing:
+                cache[(c, cap)] = rendered[c] if c in rendered else _shrink_png(self.png(c), cap)
+        return [cache[(c, cap)] for c in crops]
 
     # -- the model and the data, loaded when first needed --------------------------------------------
     @cached_property
@@ -223,6 +261,23 @@ class Run:
             "label_name": None,
             "file": text,
         }
+
+
+def _shrink_png(data: bytes, max_px: int | None) -> bytes:
+    """PNG ``data`` resized to at most ``max_px`` px a side (unchanged when it is that small)."""
+    import io
+
+    if not max_px:
+        return data
+    with Image.open(io.BytesIO(data)) as im:
+        if max(im.size) <= max_px:
+            return data
+        w, h = im.size
+        s = max_px / max(w, h)
+        small = im.convert("RGB").resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def image_from_data(index, data) -> torch.Tensor:

@@ -59,13 +59,21 @@ def _cls(e: dict) -> str:
     return f"{e['name'] or e['class']} {e['logit']:.2f} ({e['prob'] * 100:.0f} %)"
 
 
+def _reps(d: dict) -> str:
+    n = d.get("representatives")
+    if n is None:  # a result written before representatives were recorded
+        return ""
+    return ", all members per group" if n == "all" else f", {n} representatives per group"
+
+
 def debug_summary(d: dict) -> str:
     """Text form of ``neurflow debug``'s result."""
     v = d["verification"]
     img = d.get("image") or {}
     lines = [
         f"debug of {img.get('source', '?')} for class {_names(d)} at layer {d['layer']} "
-        f"({d['n_crops']} crops, threshold {d['threshold']}, ranked by the {d['score_variant']} score)",
+        f"({d['n_crops']} crops, threshold {d['threshold']}, ranked by the {d['score_variant']} score"
+        f"{_reps(d)})",
         f"prediction: {_cls(d['prediction'])}",
         "",
         f"{'group':>6}{'score':>10}{'clipped':>9}{'strong':>8}  triggering crops (top, left, size: score)",

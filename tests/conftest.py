@@ -109,3 +109,16 @@ def assert_same_state(a, b):
         assert torch.equal(a["params"][k], b["params"][k]), k
     for key in ("requires_grad", "training", "hooks", "devices"):
         assert a[key] == b[key], key
+
+
+def golden_settings(cfg: dict) -> dict:
+    """The NeurFlow settings of a golden parity setup (``golden["config"]``), as published."""
+    return dict(
+        tau=cfg["tau"],
+        top_k=cfg["top_k"],
+        granularities=cfg["granularities"],
+        stride_ratio=cfg["stride_ratio"],
+        ig_steps=50,
+        max_sub_concepts=cfg["max_sub_concepts"],
+        edge_norm="reference",
+    )

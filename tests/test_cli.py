@@ -181,7 +181,15 @@ def test_debug_by_index_and_by_file(workspace, capsys):
     first = json.loads((out / "debug" / "photo-1.json").read_text())
     assert main(["debug", str(out), "--image", str(workspace / "photo <1>.png"), "--threshold", "0.6", "--quiet"]) == 0
     assert json.loads((out / "debug" / "photo-1.json").read_text()) == first  # deterministic
-    assert first["threshold"] == 0.6
+    assert first["threshold"] == 0.6 and first["representatives"] == 5
+    assert main(["debug", str(out), "--image", "3", "--representatives", "all", "--quiet"]) == 0
+    assert "all members per group" in capsys.readouterr().out
+    every = json.loads((out / "debug" / "index-3.json").read_text())
+    assert every["representatives"] == "all"
+    five = {g["group"]: g["representatives"] for g in saved["groups"]}  # index-3 with the default 5
+    for g in every["groups"]:  # all members: the first 5 are the default's representatives
+        assert len(five[g["group"]]) == min(5, len(g["representatives"]))
+        assert g["representatives"][:5] == five[g["group"]]
     report = (out / "report.html").read_text()
     assert "photo-1" in report and "photo <1>" not in report  # the file name is escaped inside the JSON
 
@@ -190,6 +198,7 @@ def test_debug_and_audit_bad_input(workspace):
     out = str(workspace / "out")
     assert main(run_args(workspace)) == 0
     assert "0..9" in _one_line_exit_2(["debug", out, "--image", "99"])
+    assert "representatives" in _one_line_exit_2(["debug", out, "--image", "0", "--representatives", "0"])
     assert "below the class layer" in _one_line_exit_2(["debug", out, "--image", "0", "--layer", "head"])
     assert "did you mean block2" in _one_line_exit_2(["debug", out, "--image", "0", "--layer", "blok2"])
     assert "--image" in _one_line_exit_2(["debug", out, "--image", str(workspace / "nope.png")])

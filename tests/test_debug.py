@@ -44,27 +44,34 @@ def block3_crops(model, image, granularities=(1.0, 0.5), stride_ratio=0.5):
     return boxes, np.stack(outs)
 
 
-def test_group_scores_match_the_formula_by_brute_force(skipnet, tiny_images, fitted):
+@pytest.mark.parametrize("representatives", [5, 2, "all"])
+def test_group_scores_match_the_formula_by_brute_force(skipnet, tiny_images, fitted, representatives):
     layer = fitted.layer("block3")
     image = tiny_images[2]
-    res = debug_image(fitted, skipnet, image, "block3", threshold=0.5)
+    res = debug_image(fitted, skipnet, image, "block3", threshold=0.5, representatives=representatives)
+    assert res["representatives"] == representatives
     boxes, acts = block3_crops(skipnet, image)
     assert res["n_crops"] == len(boxes) == 10
     for g in layer.groups:
+        # the published rule: the first N members (nearest the centre); a neuron enters once per
+        # representative sub-concept of it, with r_j the mean activation of those sub-concepts
+        reps = g.members if representatives == "all" else g.members[:representatives]
         members = {}
-        for n, s in g.members:
+        for n, s in reps:
             members.setdefault(n, []).append(layer.nodes[n].sub_concepts[s].activation)
         best_pub = best_clip = -math.inf
         for p in range(len(boxes)):
             logs, clogs = [], []
-            for j, acts_j in members.items():
-                r = sum(acts_j) / len(acts_j)
+            for j, _ in reps:
+                r = sum(members[j]) / len(members[j])
                 ratio = max(float(acts[p, j]), 0.0) / (abs(r) + 1e-6)
                 logs.append(math.log(ratio + 1e-6))
                 clogs.append(math.log(min(ratio, 1.0) + 1e-6))
             best_pub = max(best_pub, sum(logs) / len(logs))
             best_clip = max(best_clip, sum(clogs) / len(clogs))
         got = next(e for e in res["groups"] if e["group"] == g.id)
+        assert got["representatives"] == [list(m) for m in reps]
+        assert got["neurons"] == list(g.neurons)  # the verification zeroes the whole group
         assert got["score"] == pytest.approx(math.exp(best_pub), rel=1e-4)
         assert got["score_clipped"] == pytest.approx(math.exp(best_clip), rel=1e-4)
         assert got["score_clipped"] <= 1.0 + 1e-9
@@ -74,6 +81,14 @@ def test_group_scores_match_the_formula_by_brute_force(skipnet, tiny_images, fit
                 assert c["score"] >= 0.5
     scores = [e["score"] for e in res["groups"]]
     assert scores == sorted(scores, reverse=True) and res["strongest"] == res["groups"][0]["group"]
+
+
+def test_representatives_default_and_bad_values(skipnet, tiny_images, fitted):
+    assert debug_image(fitted, skipnet, tiny_images[0])["representatives"] == 5  # the published num_top_vecs
+    assert debug_image(fitted, skipnet, tiny_images[0], representatives="3")["representatives"] == 3
+    for bad in (0, -1, "x", 1.5, True):
+        with pytest.raises(NeurFlowError, match="representatives"):
+            debug_image(fitted, skipnet, tiny_images[0], representatives=bad)
 
 
 def test_verification_matches_a_hand_written_ablation(skipnet, tiny_images, fitted):
@@ -108,14 +123,16 @@ def test_trace_goes_down_by_weight_times_score(skipnet, tiny_images, fitted):
     assert contrib == sorted(contrib, reverse=True) and len(contrib) <= fitted.settings["top_n"]
 
 
-def test_group_references_average_the_members(fitted):
+@pytest.mark.parametrize("representatives", [None, 3, 1])
+def test_group_references_average_the_representatives(fitted, representatives):
     layer = fitted.layer("block2")
-    refs = group_references(layer)
+    refs = group_references(layer, representatives)
     for g in layer.groups:
+        reps = g.members if representatives is None else g.members[:representatives]
         neurons, r = refs[g.id]
-        assert set(neurons) == set(g.neurons)
+        assert list(neurons) == [n for n, _ in reps]  # once per representative sub-concept
         for j, rj in zip(neurons, r):
-            acts = [layer.nodes[n].sub_concepts[s].activation for n, s in g.members if n == j]
+            acts = [layer.nodes[n].sub_concepts[s].activation for n, s in reps if n == j]
             assert rj == pytest.approx(np.mean(acts))
 
 

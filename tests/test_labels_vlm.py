@@ -269,3 +269,166 @@ def test_bad_vlm_options(run_dir):
         get_labeler("vlm", base_url="http://127.0.0.1:9/v1", model=None)
     with pytest.raises(NeurFlowError, match="did you mean vlm"):
         get_labeler("vml")
+
+
+def _sent_sizes(request) -> list[tuple[int, int]]:
+    """(width, height) of every image in a request."""
+    out = []
+    for p in request["messages"][0]["content"]:
+        if p["type"] == "image_url":
+            data = base64.b64decode(p["image_url"]["url"].split(",", 1)[1])
+            out.append((int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")))
+    return out
+
+
+def test_check_prompt_tells_the_count_as_published(run_dir, api, tmp_path):
+    from neurflow.labels.vlm import BLIND_CHECK_PROMPT, CHECK_PROMPT
+
+    server = api("ok")
+    lab = get_labeler("vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c")
+    res = label_run(run_dir, lab, relations=False)
+    checks = [r for r in server.requests if r["messages"][0]["content"][0]["text"].startswith("Here are")]
+    assert checks and len(checks) == res["labels"]
+    for g, req in zip(res["groups"], checks):
+        ck = g["check"]
+        assert ck["count_told"] is True and g["evidence"]["check_prompt"] == "published"
+        text = req["messages"][0]["content"][0]["text"]
+        assert f"Exactly {ck['n_true']} of them show the following" in text
+        assert text == CHECK_PROMPT.format(n=len(ck["shown"]), k=ck["n_true"], caption=g["text"])
+    # --check-prompt blind: today's prompt, without the count
+    blind = api("ok")
+    lab = get_labeler(
+        "vlm",
+        base_url=blind.url,
+        model=MODEL,
+        api_key_env="NF_TEST_KEY",
+        cache_dir=tmp_path / "c2",
+        check_prompt="blind",
+    )
+    res = label_run(run_dir, lab, relations=False)
+    checks = [r for r in blind.requests if r["messages"][0]["content"][0]["text"].startswith("Here are")]
+    for g, req in zip(res["groups"], checks):
+        assert g["check"]["count_told"] is False
+        text = req["messages"][0]["content"][0]["text"]
+        assert "Exactly" not in text and text == BLIND_CHECK_PROMPT.format(
+            n=len(g["check"]["shown"]), caption=g["text"]
+        )
+    from neurflow.errors import NeurFlowError
+
+    with pytest.raises(NeurFlowError, match="^check_prompt: "):
+        get_labeler("vlm", base_url=server.url, model=MODEL, check_prompt="secret")
+    with pytest.raises(NeurFlowError, match="^image_size: "):
+        get_labeler("vlm", base_url=server.url, model=MODEL, image_size=0)
+
+
+def test_crops_go_at_the_models_resolution_capped_by_image_size(tmp_path, api, monkeypatch, caplog):
+    """A 96-px run: the saved thumbnails are 64 px, the labeler sends the crops at 96 px (as the
+    model saw them), or at --image-size; a run that cannot be reopened falls back to the
+    thumbnails with one warning."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from neurflow import NeurFlow
+    from neurflow.datasets import Dataset
+    from neurflow.run import Run
+
+    from conftest import tiny_net
+
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    torch.manual_seed(0)
+    model = tiny_net().eval()
+    images = torch.rand(4, 3, 96, 96)
+    with torch.no_grad():
+        pred = model(images).argmax(1)
+    target = int(torch.mode(pred).values)
+    NeurFlow(tau=3, top_k=4, ig_steps=4, granularities=(1.0, 0.5)).fit(
+        model, images, target, ["head", "block2", "block1", "stem"], out=tmp_path / "run"
+    )
+    run = Run(tmp_path / "run", quiet=True)
+    with Image.open(io.BytesIO(run.png(run.thumbs[0]))) as im:
+        assert im.size == (64, 64)  # the report's thumbnails
+
+    def sizes(image_size=None, reopen=True, cache="c"):
+        server = api("ok")
+        r = Run(tmp_path / "run", quiet=True)
+        if reopen:
+            r.attach(model, Dataset(images, pred.clone()))
+        opts = {} if image_size is None else {"image_size": image_size}
+        lab = get_labeler(
+            "vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / cache, **opts
+        )
+        res = label_run(r, lab)
+        assert not server.problems, server.problems
+        kinds = {r["messages"][0]["content"][0]["text"][:8] for r in server.requests}
+        assert {"Here are", "A higher"} <= kinds  # captions, checks and relations all sent images
+        return {s for req in server.requests for s in _sent_sizes(req)}, res
+
+    sent, res = sizes()
+    assert sent == {(96, 96)} and all(g["evidence"]["image_px"] == 96 for g in res["groups"])
+    # the crops are the pool's crops as the model saw them, not upscaled thumbnails
+    from neurflow.data import thumbnails
+
+    run2 = Run(tmp_path / "run", quiet=True).attach(model, Dataset(images, pred.clone()))
+    crop = run2.thumbs[0]
+    assert run2.crop_pngs([crop]) == [thumbnails(run2.pool, [crop], None)[crop]]
+    sent, res = sizes(image_size=48, cache="c48")
+    assert sent == {(48, 48)} and all(g["evidence"]["image_px"] == 48 for g in res["groups"])
+    sent, _ = sizes(image_size=200, cache="c200")
+    assert sent == {(96, 96)}  # a cap above the model's size changes nothing
+    caplog.set_level(logging.WARNING)
+    sent, _ = sizes(reopen=False, cache="cthumb")
+    assert sent == {(64, 64)}
+    warned = [r for r in caplog.records if "thumbnails" in r.getMessage()]
+    assert len(warned) == 1 and "96 px" in warned[0].getMessage()
+
+
+def test_small_runs_send_their_thumbnails_without_reopening(run_dir, api, tmp_path):
+    """A 16-px run: its thumbnails are the model's resolution; nothing is reopened, and
+    --image-size 8 halves them."""
+    server = api("ok")
+    lab = get_labeler(
+        "vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c", image_size=8
+    )
+    label_run(run_dir, lab, relations=False)
+    assert {s for req in server.requests for s in _sent_sizes(req)} == {(8, 8)}
+    server = api("ok")
+    lab = get_labeler("vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c2")
+    label_run(run_dir, lab, relations=False)
+    assert {s for req in server.requests for s in _sent_sizes(req)} == {(16, 16)}
+
+
+def test_label_cli_has_image_size_and_check_prompt(run_dir, api, tmp_path):
+    server = api("ok")
+    args = vlm_args(run_dir, server.url, tmp_path / "cache", "--image-size", "8", "--check-prompt", "blind")
+    assert main([*args, "--no-relations"]) == 0
+    assert not server.problems, server.problems
+    assert {s for req in server.requests for s in _sent_sizes(req)} == {(8, 8)}
+    texts = [r["messages"][0]["content"][0]["text"] for r in server.requests]
+    checks = [t for t in texts if t.startswith("Here are")]
+    assert checks and not any("Exactly" in t for t in checks)
+
+
+def test_cli_run_reopens_its_model_and_data_to_send_full_size_crops(tmp_path, api, monkeypatch, caplog):
+    """`neurflow run` on 80-px images, then `neurflow label`: the run's recorded model and data are
+    reopened and the crops go at 80 px, without a warning."""
+    import torch
+
+    from conftest import TINY_NET_PY
+
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    (tmp_path / "mymodel.py").write_text(TINY_NET_PY)
+    torch.manual_seed(0)
+    torch.save({"images": torch.rand(6, 3, 80, 80), "labels": torch.arange(6) % 4}, tmp_path / "data.pt")
+    out = tmp_path / "out"
+    run = ["run", "--model", f"{tmp_path}/mymodel.py:build", "--data", f"{tmp_path}/data.pt", "--target", "1"]
+    run += ["--layers", "head,block2,block1", "--tau", "3", "--top-k", "3", "--ig-steps", "4"]
+    run += ["--granularities", "1,0.5", "--selection", "labelled", "--out", str(out), "--quiet"]
+    assert main(run) == 0
+    server = api("ok")
+    caplog.set_level(logging.WARNING)
+    assert main([*vlm_args(out, server.url, tmp_path / "cache"), "--no-relations"]) == 0
+    assert not server.problems, server.problems
+    assert server.requests and {s for req in server.requests for s in _sent_sizes(req)} == {(80, 80)}
+    assert not [r for r in caplog.records if "thumbnails" in r.getMessage()]

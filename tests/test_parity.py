@@ -11,7 +11,7 @@ import torchvision
 
 import neurflow
 
-from conftest import PARITY
+from conftest import PARITY, golden_settings
 
 GOLDENS = [
     pytest.param("resnet18-64px.json", id="64px"),
@@ -40,15 +40,7 @@ def golden_run(request):
     with torch.no_grad():
         assert model(data).argmax(1).tolist() == checks["predictions"]
     cfg = golden["config"]
-    nf = neurflow.NeurFlow(
-        tau=cfg["tau"],
-        top_k=cfg["top_k"],
-        granularities=cfg["granularities"],
-        stride_ratio=cfg["stride_ratio"],
-        ig_steps=50,
-        max_sub_concepts=cfg["max_sub_concepts"],
-        edge_norm="reference",
-    )
+    nf = neurflow.NeurFlow(**golden_settings(cfg))
     nf.fit(model, data, target=checks["target_class"], layers=cfg["layers_top_down"])
     assert nf.circuit_.meta["n_crops"] == checks["n_crops"]
     assert {str(k): int(v) for k, v in nf.circuit_.meta["crop_sizes"].items()} == checks["crop_size_counts"]

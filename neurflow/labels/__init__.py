@@ -67,6 +67,8 @@ register(
         "retries": (int, "retries after a failed request"),
         "backoff": (float, "first retry delay in seconds, doubled each time"),
         "cache_dir": (str, "answer cache (default: $XDG_CACHE_HOME/neurflow/vlm)"),
+        "image_size": (int, "longest side of the crops sent, px (default: the model's input size, as it saw them)"),
+        "check_prompt": (str, "published: the check says how many images show the caption; blind: it does not"),
     },
 )
 register(

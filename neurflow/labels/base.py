@@ -7,7 +7,8 @@ mixed list* (the published code indexed the answer with neuron ids).  Which crop
 group is the labeler's ``check_crops``: by default the group's display exemplars (what an image
 labeler was shown), the others drawn (seeded) from the saved thumbnails that are not exemplars of
 the group; a labeler that chose its caption from every exemplar crop (``annotations``) is checked
-on every exemplar crop, or the check would score a caption on crops it was not chosen from:
+on every exemplar crop, or the check would score a caption on crops it was not chosen from.  A
+labeler with ``tells_count`` (``vlm``, as published) is told how many of the crops show the concept:
 
     precision = |picked and true| / |picked|      recall = |picked and true| / |true|
 
@@ -56,6 +57,13 @@ def mime_of(data: bytes) -> str:
     raise NeurFlowError("crop image", "PNG, JPEG, GIF or WebP bytes", data[:8])
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG bytes, from the IHDR chunk."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 24:
+        raise NeurFlowError("crop image", "PNG bytes", data[:8])
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 class Labeler:
     """A labeling back-end.  Subclasses set ``name`` and implement ``label_group``; those that can
     judge which crops match a caption implement ``pick`` (enables the check), those that can
@@ -65,12 +73,14 @@ class Labeler:
     can_check = False
     can_relate = False
     default_groups = "all"  # which groups `neurflow label` labels unless --groups says otherwise
+    tells_count = False  # the check tells pick() how many of the crops stand for the group (n_true)
 
     def label_group(self, run: Run, layer: Layer, group: Group) -> Label:
         raise NotImplementedError
 
     def pick(self, run: Run, text: str, crops: list[int]) -> list[int]:
-        """Positions (0-based) in ``crops`` of the crops that match ``text``."""
+        """Positions (0-based) in ``crops`` of the crops that match ``text``.  A labeler with
+        ``tells_count`` set is called with ``n_true=`` too: how many of them stand for the group."""
         raise NotImplementedError
 
     def label_relation(self, run: Run, layer: Layer, group: Group, lower: Layer, feeders: list) -> dict:
@@ -97,7 +107,12 @@ def caption_check(
     mixed = true + randoms
     order = rng.permutation(len(mixed))
     mixed = [mixed[i] for i in order]
-    picked_pos = sorted(set(int(p) for p in labeler.pick(run, text, mixed)))
+    told = bool(getattr(labeler, "tells_count", False))
+    if told:  # as published: the labeler is told how many of the crops show the concept
+        answer = labeler.pick(run, text, mixed, n_true=len(true))  # type: ignore[call-arg]
+    else:
+        answer = labeler.pick(run, text, mixed)
+    picked_pos = sorted(set(int(p) for p in answer))
     bad = [p for p in picked_pos if not 0 <= p < len(mixed)]
     if bad:
         raise NeurFlowError("labeler_answer", f"crop numbers in 1..{len(mixed)}", [p + 1 for p in bad])
@@ -109,6 +124,7 @@ def caption_check(
         "n_true": len(true),
         "n_random": n_random,
         "true_from": labeler.check_from,
+        "count_told": told,
         "shown": mixed,
         "picked": picked,
         "true": true,

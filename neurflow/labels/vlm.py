@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import NeurFlowError
-from .base import Label, Labeler, mime_of
+from .base import Label, Labeler, mime_of, png_size
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -51,10 +51,16 @@ RELATION_PROMPT = (
     "curves -> circle, two edges -> angle. Ignore outliers. Answer with one line per lower group, "
     'starting with its name and a colon (e.g. "{first}: ...").'
 )
-CHECK_PROMPT = (
+CHECK_PROMPT = (  # as published: the model is told how many of the images show the concept
+    'Here are {n} images, numbered 1 to {n}. Exactly {k} of them show the following: "{caption}". '
+    "Which ones? Answer with a JSON list of the numbers of the {k} matching images, for example [1, 4], "
+    "and nothing else."
+)
+BLIND_CHECK_PROMPT = (  # --check-prompt blind: not told how many (precision then measures false picks)
     'Here are {n} images, numbered 1 to {n}. Which of them show the following: "{caption}"? '
     "Answer with a JSON list of the numbers of the matching images, for example [1, 4], and nothing else."
 )
+CHECK_PROMPTS = ("published", "blind")
 
 
 def default_cache_dir() -> Path:
@@ -212,21 +218,42 @@ class VLMLabeler(Labeler):
         backoff: float = 1.0,
         cache_dir=None,
         n_images: int = 10,
+        image_size: int | None = None,
+        check_prompt: str = "published",
     ):
         self.client = ChatClient(base_url, model, api_key_env, timeout, retries, backoff, cache_dir)
         self.n_images = n_images
+        if image_size is not None and int(image_size) < 1:
+            raise NeurFlowError("image_size", "a positive number of px (the longest side of a crop sent)", image_size)
+        if check_prompt not in CHECK_PROMPTS:
+            raise NeurFlowError("check_prompt", " or ".join(CHECK_PROMPTS), check_prompt)
+        self.image_size = int(image_size) if image_size is not None else None
+        self.check_prompt = check_prompt
+        self.tells_count = check_prompt == "published"
+
+    def _images(self, run: Run, crops) -> list[dict]:
+        """The crops as image parts, at the resolution the model saw them (capped by image_size)."""
+        return [image_part(b) for b in run.crop_pngs(crops, self.image_size)]
 
     def label_group(self, run: Run, layer, group) -> Label:
         crops = layer.group_exemplars(group, self.n_images)
+        pngs = run.crop_pngs(crops, self.image_size)
         content = [{"type": "text", "text": GROUP_PROMPT.format(n=len(crops))}]
-        content += [image_part(run.png(c)) for c in crops]
+        content += [image_part(b) for b in pngs]
         text = self.client.complete(content)
-        return Label(text, self.name, None, {"model": self.client.model, "crops": crops})
+        evidence = {"model": self.client.model, "crops": crops, "check_prompt": self.check_prompt}
+        if pngs:
+            evidence["image_px"] = png_size(pngs[0])[0]
+        return Label(text, self.name, None, evidence)
 
-    def pick(self, run: Run, text: str, crops: list[int]) -> list[int]:
-        content = [{"type": "text", "text": CHECK_PROMPT.format(n=len(crops), caption=text)}]
-        for i, c in enumerate(crops, 1):
-            content += [{"type": "text", "text": f"Image {i}:"}, image_part(run.png(c))]
+    def pick(self, run: Run, text: str, crops: list[int], n_true: int | None = None) -> list[int]:
+        if n_true is not None:
+            prompt = CHECK_PROMPT.format(n=len(crops), k=n_true, caption=text)
+        else:
+            prompt = BLIND_CHECK_PROMPT.format(n=len(crops), caption=text)
+        content = [{"type": "text", "text": prompt}]
+        for i, part in enumerate(self._images(run, crops), 1):
+            content += [{"type": "text", "text": f"Image {i}:"}, part]
         return parse_numbers(self.client.complete(content), len(crops))
 
     def label_relation(self, run: Run, layer, group, lower, feeders: list) -> dict:
@@ -236,10 +263,10 @@ class VLMLabeler(Labeler):
             {"type": "text", "text": RELATION_PROMPT.format(k=len(feeders), caption=caption, first=names[0])},
             {"type": "text", "text": f"H = {layer.name}/G{group.id}:"},
         ]
-        content += [image_part(run.png(c)) for c in layer.group_exemplars(group, 5)]
+        content += self._images(run, layer.group_exemplars(group, 5))
         for name, g in zip(names, feeders):
             content.append({"type": "text", "text": f"{name}:"})
-            content += [image_part(run.png(c)) for c in lower.group_exemplars(g, 5)]
+            content += self._images(run, lower.group_exemplars(g, 5))
         return {
             "text": self.client.complete(content),
             "labeler": self.name,
