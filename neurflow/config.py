@@ -16,6 +16,7 @@ GROUP_EDGE_RULES = ("published", "once")
 TRACE_RULES = ("published", "sum")
 SELECTIONS = ("predicted", "labelled")
 ENGINES = ("auto", "dense")
+CHANNEL_AXES = ("auto", "1", "-1")
 PRECISIONS = ("fp32", "tf32", "bf16")
 # the Gauss-Legendre orders --ig-steps auto tries, smallest first
 DEFAULT_IG_STEPS = 50  # the published number of IG steps
@@ -26,6 +27,9 @@ AUTO_SAMPLE_PAIRS = 64  # the (node, crop) pairs per layer on which --ig-steps a
 KEEP_MAPS_BYTES = 1536 * 2**20
 # nodes per layer whose core sets a faster --precision recomputes in fp32 to report the agreement
 PRECISION_CHECK_NODES = 8
+# a layer whose relative completeness gap (mean |sum of attributions - (h(A) - h(0))| over mean
+# |h(A) - h(0)|) exceeds this is warned about in the run, `neurflow show` and the report
+COMPLETENESS_WARN_RELATIVE = 0.05
 
 
 def steps_or_auto(text: str):
@@ -120,6 +124,12 @@ class NeurFlowConfig:
         "IG engine: auto = channel-sparse where the segment allows it, else dense; dense = always dense",
         ENGINES,
     )
+    channel_axis: str = _setting(
+        "auto",
+        "where the channels of a 4-D layer output lie: auto = read off each layer's module (Conv2d: 1, "
+        "LayerNorm/Linear: -1), refused where it does not say; 1 ([B, C, H, W]) or -1 ([B, H, W, C]) for those",
+        CHANNEL_AXES,
+    )
     batch_size: int = _setting(64, "batch size (bounds peak memory)")
     threads: int | None = _setting(
         None, "CPU threads for torch (default: the CPUs this process may run on, its affinity)"
@@ -184,6 +194,7 @@ class NeurFlowConfig:
         need(self.trace_rule in TRACE_RULES, "trace_rule", " or ".join(TRACE_RULES), self.trace_rule)
         need(self.selection in SELECTIONS, "selection", " or ".join(SELECTIONS), self.selection)
         need(self.engine in ENGINES, "engine", " or ".join(ENGINES), self.engine)
+        need(self.channel_axis in CHANNEL_AXES, "channel_axis", " or ".join(CHANNEL_AXES), self.channel_axis)
         need(
             self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
             "threads",
@@ -218,6 +229,8 @@ class NeurFlowConfig:
             d.pop(key)
         if self.ig_steps != "auto":  # only read by --ig-steps auto
             d.pop("ig_tol")
+        if self.channel_axis == "auto":  # the default: runs from before the setting keep their identity
+            d.pop("channel_axis")
         if self.precision == "fp32":  # the exact default: runs from before the setting keep their identity
             d.pop("precision")
         return d

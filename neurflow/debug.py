@@ -250,7 +250,7 @@ def debug_image(
         )
     cfg = circuit.config
     pool = CropPool(image[None].float(), cfg.granularities, cfg.stride_ratio)
-    graph = LayerGraph(model, circuit.layer_names, leaf_modules)
+    graph = LayerGraph(model, circuit.layer_names, leaf_modules, circuit.config.channel_axis)
     responses = pool_responses(graph, pool, [l.name for l in circuit.layers[i:]], batch_size, device)
     groups = score_groups(L, responses[L.name], pool, threshold, score, n_rep)
     strongest = groups[0]

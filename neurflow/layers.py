@@ -281,11 +281,123 @@ _VIEW_FUNCTIONS = {
 }  # fmt: skip
 
 
+# -- the channel axis of a 4-D output ------------------------------------------------------
+_CHANNELS_FIRST = (
+    nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.MaxPool2d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LocalResponseNorm, nn.Upsample, nn.PixelShuffle,
+)  # fmt: skip
+_CHANNELS_LAST = (nn.LayerNorm, nn.Linear)  # they act on (and output) the last axis
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.ELU,
+    nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout2d,
+)  # fmt: skip
+_ELEMENTWISE_FUNCTIONS = {
+    operator.add, operator.mul, operator.sub, operator.truediv, operator.neg, torch.add, torch.mul, torch.sub,
+    torch.relu, torch.sigmoid, torch.tanh, F.relu, F.gelu, F.silu, F.dropout, F.hardswish, F.leaky_relu,
+}  # fmt: skip
+_ELEMENTWISE_METHODS = {"add", "mul", "sub", "relu", "sigmoid", "tanh", "contiguous", "clone", "__add__", "__mul__"}
+_FIRST_FUNCTIONS = {
+    F.conv2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.batch_norm, F.interpolate,
+}  # fmt: skip
+
+
+def _permuted_axis(dims: list) -> int | None:
+    """The channel axis after a permute of a channels-first (or -last) 4-D tensor, or None."""
+    dims = [int(d) % 4 for d in dims] if all(isinstance(d, int) for d in dims) and len(dims) == 4 else []
+    return {(0, 3, 1, 2): 1, (0, 2, 3, 1): -1}.get(tuple(dims))
+
+
+def module_axis(m: nn.Module, inside=None) -> int | None:
+    """Where the channels of ``m``'s output lie when it is 4-D: 1 (``[B, C, H, W]``: convolutions,
+    batch norm, pooling), -1 (``[B, H, W, C]``: ``LayerNorm`` and ``Linear`` act on the last axis,
+    as in torchvision's Swin) or None where the module does not say.  ``inside``: a callable giving
+    the ``_Inside`` of a module that is traced into."""
+    if isinstance(m, _CHANNELS_FIRST):
+        return 1
+    if isinstance(m, _CHANNELS_LAST) and type(m).forward in (nn.LayerNorm.forward, nn.Linear.forward):
+        return -1  # (a subclass with its own forward, e.g. torchvision's LayerNorm2d, is traced into)
+    dims = m.__dict__.get("dims")  # torchvision.ops.misc.Permute
+    if type(m).__name__ == "Permute" and isinstance(dims, (list, tuple)):
+        return _permuted_axis(list(dims))
+    if _standard(m) or inside is None:
+        return None
+    return inside(m).axis
+
+
+def _axis_of(node: fx.Node, modules: dict, seen: set | None = None) -> int | None:
+    """The channel axis of a traced node's 4-D value, walking back through element-wise steps to
+    the step that decides it (``module_axis``, a permute); None where nothing decides."""
+    seen = set() if seen is None else seen
+    if node in seen:
+        return None
+    seen.add(node)
+    ups: list = []
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if m is None:
+            return None
+        if not isinstance(m, _ELEMENTWISE_MODULES) and type(m).__name__ != "StochasticDepth":
+            return module_axis(m)
+        ups = node.all_input_nodes[:1]
+    elif node.op == "call_function" and node.target is torch.permute:
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dims", ())
+        return _permuted_axis(list(dims) if isinstance(dims, (list, tuple)) else [])
+    elif node.op == "call_method" and node.target == "permute":
+        dims = node.args[1:] if len(node.args) > 2 else node.args[1] if len(node.args) == 2 else ()
+        return _permuted_axis(list(dims) if isinstance(dims, (list, tuple)) else [dims])
+    elif node.op == "call_function" and node.target in _FIRST_FUNCTIONS:
+        return 1
+    elif node.op == "call_function" and node.target in (torch.cat, torch.concat):  # channels concatenated
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        return {1: 1, -1: -1, 3: -1}.get(dim) if isinstance(dim, int) else None
+    elif node.op == "call_function" and node.target in (F.layer_norm, F.linear):
+        return -1
+    elif (node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _ELEMENTWISE_METHODS
+    ):
+        ups = node.all_input_nodes
+    elif node.op == "call_function" and getattr(node.target, "__name__", "") == "stochastic_depth":
+        ups = node.all_input_nodes[:1]
+    else:
+        return None
+    found = {a for a in (_axis_of(u, modules, seen) for u in ups) if a is not None}
+    return found.pop() if len(found) == 1 else None
+
+
+def _channels_first(t):
+    """A channels-last 4-D layer output ``[B, H, W, C]`` as ``[B, C, H, W]`` (other ranks as they are)."""
+    if isinstance(t, fx.Proxy):  # re-traced (the channel-sparse plan): stays one step
+        return t.tracer.create_proxy("call_function", _channels_first, (t,), {})
+    return t.permute(0, 3, 1, 2) if isinstance(t, torch.Tensor) and t.ndim == 4 else t
+
+
+def _channels_last(t):
+    """The inverse of ``_channels_first``."""
+    if isinstance(t, fx.Proxy):  # re-traced (the channel-sparse plan): stays one step
+        return t.tracer.create_proxy("call_function", _channels_last, (t,), {})
+    return t.permute(0, 2, 3, 1) if isinstance(t, torch.Tensor) and t.ndim == 4 else t
+
+
+def _known_axis(t, name: str):
+    """A 4-D output of a layer whose module does not say where its channels lie: kept as
+    ``[B, C, H, W]`` when its shape says so (square maps, a different channel count), refused otherwise."""
+    if isinstance(t, fx.Proxy):
+        return t.tracer.create_proxy("call_function", _known_axis, (t, name), {})
+    if isinstance(t, torch.Tensor) and t.ndim == 4 and not (t.shape[2] == t.shape[3] != t.shape[1]):
+        raise NeurFlowError(
+            "channel_axis",
+            "a layer whose 4-D output has a known channel axis",
+            f"{name} -> {tuple(t.shape)}",
+            "its module does not say whether it is [B, C, H, W] or [B, H, W, C]; pass --channel-axis 1 or -1",
+        )
+    return t
+
+
 class _Inside:
     """What a module's own ``forward`` does with its inputs (traced once, None where it does not trace)."""
 
     def __init__(self, module: nn.Module, leaf_modules: Sequence[type]):
-        self.writes_input, self.cut = False, None
+        self.writes_input, self.cut, self.axis = False, None, None
         try:
             with preserved(module):
                 graph = _Tracer(leaf_modules=leaf_modules).trace(module)
@@ -306,6 +418,7 @@ class _Inside:
             elif n.args and isinstance(n.args[0], fx.Node) and n.args[0] in aliases and _write(n, modules):
                 self.writes_input = True
         out = next(n for n in graph.nodes if n.op == "output")
+        self.axis = _axis_of(out.args[0], modules) if isinstance(out.args[0], fx.Node) else None
         to_out = LayerGraph._closure([out], set())
         from_in = LayerGraph._descendants([n for n in graph.nodes if n.op == "placeholder"])
         self.cut = next((_cut(n) for n in graph.nodes if n in to_out and n in from_in and _cut(n)), None)
@@ -314,7 +427,9 @@ class _Inside:
 class LayerGraph:
     """The traced model with ``layers`` as leaves and the sub-networks cut from it."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], leaf_modules: Sequence[type] = ()):
+    def __init__(
+        self, model: nn.Module, layers: Sequence[str], leaf_modules: Sequence[type] = (), channel_axis: str = "auto"
+    ):
         self.model = model
         self.layers = list(layers)
         self.leaf_modules = tuple(leaf_modules)
@@ -382,6 +497,15 @@ class LayerGraph:
                     what = what and f"{what} inside {n.target}"
                 if what:
                     raise self.cut_error(upper, lower, what)
+        # where the channels of each layer's 4-D output lie: read off its module (``module_axis``),
+        # else --channel-axis; None: neither says (``_known_axis`` decides on the output's shape)
+        given = {"auto": None, "1": 1, "-1": -1}.get(str(channel_axis), "bad")
+        if given == "bad":
+            raise NeurFlowError("channel_axis", "auto, 1 or -1", channel_axis)
+        self.axes: dict[str, int | None] = {}
+        for name in self.layers:
+            axis = module_axis(modules[name], self._inside)
+            self.axes[name] = axis if axis is not None else given  # type: ignore[assignment]
 
     def cut_error(self, upper: str, lower: str, what: str = "an operation without a gradient") -> NeurFlowError:
         """The one-line refusal of a pair of layers between which the gradient is cut."""
@@ -453,12 +577,18 @@ class LayerGraph:
             stack.extend(n.all_input_nodes)
         return needed
 
-    def _module(self, inputs, outputs, single: bool, batch_nodes=()) -> fx.GraphModule:
+    def _module(self, inputs, outputs, single: bool, batch_nodes=(), check: bool = False) -> fx.GraphModule:
+        """The sub-network ``inputs`` -> ``outputs``.  A channels-last layer (axis -1) is seen as
+        ``[B, C, H, W]`` from outside: its output permuted to channels first, an input of it
+        permuted back; with ``check``, a layer whose axis is unknown has its output checked."""
         needed = self._closure(outputs, set(inputs) | set(batch_nodes))
+        layer_of = {node: name for name, node in self.nodes.items()}
         g = fx.Graph()
         env = {}
         for i, n in enumerate(inputs):
             env[n] = g.placeholder(f"in_{i}_{n.name}")
+            if n in layer_of and self.axes.get(layer_of[n]) == -1:
+                env[n] = g.call_function(_channels_last, (env[n],))
         for n in batch_nodes:  # the batch size, read off the first input instead of the model input
             env[n] = g.call_method("size", (env[inputs[0]], 0))
         for n in self.graph.nodes:
@@ -467,7 +597,16 @@ class LayerGraph:
                     env[n] = g.placeholder(n.name)
                 else:
                     env[n] = g.node_copy(n, lambda a: env[a])
-        g.output(env[outputs[0]] if single else tuple(env[o] for o in outputs))
+
+        def seen(o):
+            axis = self.axes.get(layer_of[o], 1) if o in layer_of else 1
+            if axis == -1:
+                return g.call_function(_channels_first, (env[o],))
+            if axis is None and check:
+                return g.call_function(_known_axis, (env[o], layer_of[o]))
+            return env[o]
+
+        g.output(seen(outputs[0]) if single else tuple(seen(o) for o in outputs))
         return fx.GraphModule(self.model, g)
 
     @staticmethod
@@ -517,7 +656,7 @@ class LayerGraph:
         return fx.GraphModule(self.model, self.graph)
 
     def recorder(self, names: Sequence[str]) -> fx.GraphModule:
-        return self._module(self.inputs, [self.nodes[n] for n in names], False)
+        return self._module(self.inputs, [self.nodes[n] for n in names], False, check=True)
 
     def prefix(self, lower: str, upper: str) -> fx.GraphModule:
         """input -> (lower output, *extras of the segment lower -> upper)."""

@@ -20,6 +20,7 @@ from torch import nn
 from ._version import __version__
 from .artifact import RunStore, hash_tensors, model_hash, run_hash
 from .circuit import Circuit, Layer, _frozen_map
+from .completeness import gap_warnings
 from .config import KEEP_MAPS_BYTES, PRECISION_CHECK_NODES, NeurFlowConfig, groups_per_layer
 from .core import adaptive_lengths, attribute, choose_steps, fit_node, rank_core, top_exemplars
 from .crops import CropPool
@@ -107,7 +108,7 @@ class NeurFlow:
             threads(cfg.threads),
         ):
             torch.manual_seed(cfg.seed)
-            graph = LayerGraph(model, layers, leaf_modules)
+            graph = LayerGraph(model, layers, leaf_modules, cfg.channel_axis)
             t = time.perf_counter()
             pred = logits(graph.full(), images, batch_size=cfg.batch_size, device=cfg.device, finite=True)
             target = resolve_target(target, pred.shape[1], class_names)
@@ -216,6 +217,9 @@ class NeurFlow:
             order, imp = rank_core(scores[n])
             ranked[n], imps[n] = order[: min(cfg.tau, len(order))], imp
         facts = _gap(gaps)
+        zero = [n for n in nodes if not np.any(imps[n])]  # no attribution at all: the core is tie order
+        facts["zero_attribution_nodes"] = float(len(zero))
+        _warn_completeness(upper, lower, facts, zero)
         if cfg.ig_steps == "auto":
             facts["ig_steps"] = float(steps)
         if cfg.precision != "fp32":
@@ -267,6 +271,16 @@ def _gap(gaps: np.ndarray) -> dict:
     }
     gap["relative"] = gap["mean_abs"] / gap["mean_abs_delta"] if gap["mean_abs_delta"] > 0 else 0.0
     return gap
+
+
+def _warn_completeness(upper: str, lower: str, facts: dict, zero: list) -> None:
+    """A warning per problem of a finished layer: a relative completeness gap above the threshold,
+    and the nodes whose attributions are all zero (named, the first 20)."""
+    for text in gap_warnings(facts):
+        log.warning("layer %s (attributions to %s): %s", upper, lower, text)
+    if zero:
+        names = ", ".join(map(str, zero[:20])) + (f", ... ({len(zero)} in all)" if len(zero) > 20 else "")
+        log.warning("layer %s: all-zero attributions at node(s) %s", upper, names)
 
 
 def _warn_tau_above_width(tau: int, widths: dict) -> None:

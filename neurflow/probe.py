@@ -5,7 +5,9 @@ Everything that runs the user's model forward without gradients goes through her
 (responses of one image's crops, logits with a group zeroed), the audit and the experiments.
 
 A *neuron* is a channel: dimension 1 of a ``[B, C, H, W]`` or ``[B, C]`` output, the last
-dimension of a ``[B, T, D]`` token output (``channel_axis``).  Its *response* to an input is the
+dimension of a ``[B, T, D]`` token output (``channel_axis``).  A channels-last ``[B, H, W, C]``
+layer (torchvision's Swin) reaches these functions already permuted to ``[B, C, H, W]`` by the
+``LayerGraph`` (``layers.module_axis``).  Its *response* to an input is the
 spatial (or token) mean of that channel.  Every function leaves the model as it found it
 (``preserved``: ``training`` and ``requires_grad`` flags; forward hooks removed on the way out).
 """
@@ -209,17 +211,22 @@ def zeroed(model: nn.Module, layer: str, neurons: Sequence[int]) -> Iterator[nn.
     modules = dict(model.named_modules())
     if layer not in modules:
         raise unknown_name("layer", layer, [n for n in modules if n], LAYERS_HINT)
+    from .layers import _Inside, module_axis
+
     idx = torch.as_tensor(sorted({int(n) for n in neurons}), dtype=torch.long)
+    axis = module_axis(modules[layer], lambda m: _Inside(m, ()))  # -1: a channels-last 4-D output
 
     def hook(module, args, out):
         if not isinstance(out, torch.Tensor):
             raise NeurFlowError("layer", "a layer whose output is a tensor", f"{layer} -> {type(out).__name__}")
-        if len(idx) and int(idx.max()) >= width(out):
-            raise NeurFlowError("neurons", f"channel indices below {width(out)} at {layer}", int(idx.max()))
+        last = channel_axis(out) == -1 or (out.ndim == 4 and axis == -1)
+        n = int(out.shape[-1]) if last else width(out)
+        if len(idx) and int(idx.max()) >= n:
+            raise NeurFlowError("neurons", f"channel indices below {n} at {layer}", int(idx.max()))
         if not len(idx):
             return out
         out = out.clone()
-        if channel_axis(out) == 1:
+        if not last:
             out[:, idx.to(out.device)] = 0
         else:
             out[..., idx.to(out.device)] = 0

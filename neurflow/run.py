@@ -196,7 +196,7 @@ class Run:
     def graph(self):
         from .layers import LayerGraph
 
-        return LayerGraph(self.model, self.layer_names)
+        return LayerGraph(self.model, self.layer_names, channel_axis=self.config.channel_axis)
 
     @cached_property
     def identity(self) -> str:

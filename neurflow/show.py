@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .circuit import Circuit
+from .completeness import gap_warnings
 
 
 def summary(c: Circuit) -> str:
@@ -17,14 +18,20 @@ def summary(c: Circuit) -> str:
         "",
         f"{'layer':<28}{'nodes':>7}{'groups':>8}{'sub-concepts':>14}{'IG gap (rel)':>14}{'seconds':>9}",
     ]
+    warnings = []
     for layer in c.layers:
         subs = sum(len(n.sub_concepts) for n in layer.nodes.values())
         gap = layer.completeness_gap.get("relative", 0.0)
+        found = gap_warnings(layer.completeness_gap)
+        warnings += [(layer.name, text) for text in found]
         lines.append(
             f"{layer.name:<28}{len(layer.nodes):>7}{len(layer.groups):>8}{subs:>14}{gap:>14.2e}{layer.seconds:>9.2f}"
+            + ("  WARNING (see below)" if found else "")
         )
     lowest = {j for node in c.layers[-1].nodes.values() for j in node.core} if c.layers else set()
     lines.append(f"{c.input_layer:<28}{len(lowest):>7}{'-':>8}{'-':>14}{'':>14}{'':>9}  (input layer)")
+    if warnings:
+        lines += ["", "warnings:"] + [f"  WARNING {name}: {text}" for name, text in warnings]
     lines += ["", "traced top path (groups, top down):"]
     for layer_name, groups in c.trace:
         layer = c.layer(layer_name)

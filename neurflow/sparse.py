@@ -69,6 +69,10 @@ class Plan:
     # of them, their transposes commute with the sum over the quadrature steps (``linear_front``)
     front: tuple = ()
     linear_front: bool = False
+    # the graph's layout steps the segment had (a channels-last layer seen as [B, C, H, W],
+    # ``layers._channels_first``), dropped from ``module``: exact only where the value they see is
+    # not 4-D (``fits`` checks it), the dense path otherwise; i: on input i, -1: on the output
+    layout: tuple = ()
     _tail: fx.GraphModule | None = field(default=None, repr=False, compare=False)
     _body: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -152,6 +156,16 @@ def plan(segment: nn.Module, leaf_modules: Sequence[type] = ()) -> Plan | None:
     from .layers import out_of_place  # the flattened layers' in-place writes (ReLU(inplace=True)) too
 
     out_of_place(graph, dict(segment.named_modules()))
+    from .layers import _channels_first, _channels_last
+
+    layout = []
+    places = [n for n in graph.nodes if n.op == "placeholder"]
+    for n in list(graph.nodes):  # identities on [B, C] and [B, T, D]: dropped (see Plan.layout)
+        if n.op == "call_function" and n.target in (_channels_first, _channels_last):
+            src = n.args[0]
+            layout.append(places.index(src) if src in places else -1)
+            n.replace_all_uses_with(src)
+            graph.erase_node(n)
     gm = fx.GraphModule(segment, graph)
     _functional_maps_as_modules(gm)
     graph = gm.graph
@@ -199,7 +213,7 @@ def plan(segment: nn.Module, leaf_modules: Sequence[type] = ()) -> Plan | None:
     srcs = tuple((modules[n.target], n.args[0] is x) for n in maps) + (((None, True),) if x in sources else ())
     single = len(srcs) == 1 and srcs[0][1]
     front, linear = _linear_front(graph, modules, x, maps, seen) if not single else ((), False)
-    return Plan(gm, modules[node.target], direct=single, node=node, sources=srcs, front=front, linear_front=linear)
+    return Plan(gm, modules[node.target], single, node, srcs, front=front, linear_front=linear, layout=tuple(layout))
 
 
 def _linear_front(graph: fx.Graph, modules: dict, x: fx.Node, maps: list, tail: set) -> tuple[tuple, bool]:
@@ -370,11 +384,16 @@ class _Capture:
 def fits(p: Plan, acts: torch.Tensor, extras: Sequence[torch.Tensor]) -> bool:
     """Whether L's output is [B, C, H, W] (conv) or [B, C] (linear) and the segment's output
     keeps its channels (one example through the segment)."""
+    given = [acts, *extras]
+    if any(i >= 0 and given[i].ndim == 4 for i in p.layout):
+        return False  # a channels-last lower layer: its layout step was dropped from the plan
     with _Capture(p.last) as cap, torch.no_grad():
         out = p.module(acts[:1], *[e[:1] for e in extras])
     z = cap.z
     if z is None or not isinstance(out, torch.Tensor):
         return False
+    if -1 in p.layout and out.ndim == 4:
+        return False  # a channels-last upper layer: its layout step was dropped from the plan
     want = 2 if isinstance(p.last, nn.Linear) else 4
     return z.ndim == want and out.ndim in (2, 4) and out.shape[1] == z.shape[1]
 

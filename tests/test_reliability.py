@@ -282,8 +282,15 @@ def test_run_identity_covers_weights_data_and_every_setting(skipnet, tiny_images
         "top_n": 1,
         "selection": "labelled",
         "seed": 1,
+        "trace_rule": "sum",
+        # settings that enter the identity only away from their default (so older runs keep theirs)
+        "precision": "bf16",
+        "ig_tol": 1e-2,
+        "channel_axis": "-1",
     }
-    assert set(changed) == set(cfg.method_dict())  # every method setting is covered here
+    conditional = {"precision", "ig_tol", "channel_axis"}
+    assert set(changed) - conditional == set(cfg.method_dict())  # every method setting is covered here
+    assert set(NeurFlowConfig(precision="bf16", ig_steps="auto", channel_axis="-1").method_dict()) == set(changed)
     for key, value in changed.items():
         assert digest(skipnet, tiny_images, {**cfg.method_dict(), key: value}) != ref, key
     other = type(skipnet)()

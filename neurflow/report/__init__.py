@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..artifact import RunDir, atomic_write
 from ..circuit import Circuit
+from ..completeness import gap_warnings
 
 _META_KEYS = (
     "model",
@@ -113,6 +114,7 @@ def report_data(directory, circuit: Circuit | None = None) -> dict:
                 "groups": groups,
                 "edges": {str(a): {str(b): _num(w) for b, w in row.items()} for a, row in layer.group_edges.items()},
                 "gap": {k: _num(v) for k, v in layer.completeness_gap.items()},
+                "warnings": gap_warnings(layer.completeness_gap),
                 "seconds": _num(layer.seconds),
                 "n_subs": sum(len(n.sub_concepts) for n in layer.nodes.values()),
             }
