@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -69,12 +70,15 @@ def choose_steps(graph: LayerGraph, pool: CropPool, upper: str, lower: str, exem
     with preserved(graph.model, freeze=True):
         prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
         sparse = plan(segment, graph.leaf_modules) if cfg.engine == "auto" else None
-        with torch.no_grad():
-            acts, *extras = prefix(pool.get(crops[take]).to(cfg.device))
+        with torch.no_grad():  # the sample's lower activations, in batches of batch_size
+            parts = [prefix(pool.get(crops[take[i : i + cfg.batch_size]]).to(cfg.device))
+                     for i in range(0, len(take), cfg.batch_size)]  # fmt: skip
+            acts, *extras = [torch.cat(vals) for vals in zip(*parts)]
         graph.check_gradient(lower, upper, segment, acts, extras)  # a cut the graph does not show: one line
         reqs = [requests[i] for i in take]
+        exact = dataclasses.replace(cfg, precision="fp32")  # the gap measured without bf16's noise floor
         for order in IG_ORDERS:
-            res, sparse = _ig(sparse, segment, acts, extras, reqs, order, cfg)
+            res, sparse = _ig(sparse, segment, acts, extras, reqs, order, exact)
             denom = float(np.abs(np.concatenate(res.deltas)).sum())
             rel = float(np.abs(res.gaps()).sum()) / denom if denom > 0 else 0.0
             log.debug("ig steps %d at %s: relative completeness gap %.2e", order, upper, rel)

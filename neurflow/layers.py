@@ -314,6 +314,8 @@ def module_axis(m: nn.Module, inside=None) -> int | None:
     the ``_Inside`` of a module that is traced into."""
     if isinstance(m, _CHANNELS_FIRST):
         return 1
+    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+        return None  # normalises several axes (e.g. [C, H, W]): it does not say where the channels are
     if isinstance(m, _CHANNELS_LAST) and type(m).forward in (nn.LayerNorm.forward, nn.Linear.forward):
         return -1  # (a subclass with its own forward, e.g. torchvision's LayerNorm2d, is traced into)
     dims = m.__dict__.get("dims")  # torchvision.ops.misc.Permute

@@ -201,7 +201,7 @@ def plan(segment: nn.Module, leaf_modules: Sequence[type] = ()) -> Plan | None:
     maps.sort(key=lambda n: list(graph.nodes).index(n), reverse=True)  # L: the last map in forward order
     for node in maps:
         m = modules[node.target]
-        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"):
+        if not _plain_map(m) or (isinstance(m, nn.Conv2d) and m.groups != 1):
             return None
         if sum(1 for n in graph.nodes if n.op == "call_module" and n.target == node.target) != 1:
             return None
@@ -229,7 +229,7 @@ def _linear_front(graph: fx.Graph, modules: dict, x: fx.Node, maps: list, tail: 
         m = modules.get(user.target) if user.op == "call_module" else None
         if not isinstance(m, (nn.Conv2d, nn.Linear)) or user.args[0] is not x or len(user.args) != 1 or user.kwargs:
             return (), False
-        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+        if not isinstance(m, nn.Conv2d) or not _plain_map(m):  # conv fronts only (a Linear's bias axis varies)
             return (), False
         if sum(1 for n in graph.nodes if n.op == "call_module" and n.target == user.target) != 1:
             return (), False
@@ -302,12 +302,20 @@ def _absorb_padding(gm: fx.GraphModule, x, conv: nn.Module):
     pad = gm.get_submodule(x.target)
     if isinstance(pad, nn.ZeroPad2d):
         left, right, top, bottom = pad.padding
-        if left != right or top != bottom or isinstance(conv.padding, str):
+        if left != right or top != bottom or min(left, top) < 0 or isinstance(conv.padding, str):
             return x
         conv.padding = (conv.padding[0] + top, conv.padding[1] + left)
     elif not isinstance(pad, nn.Identity):
         return x
     return x.args[0]
+
+
+def _plain_map(m: nn.Module) -> bool:
+    """A convolution or linear map computed by torch's own forward (no fake quantisation, no
+    same-padding of its own), with numeric zero padding: what the transposes here assume."""
+    if isinstance(m, nn.Conv2d):
+        return type(m).forward is nn.Conv2d.forward and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+    return isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward
 
 
 def _is_param(gm: fx.GraphModule, target: str) -> bool:

@@ -313,3 +313,42 @@ def test_every_path_runs_under_bf16_autocast(block):
             fast = integrated_gradients_sparse(p, acts, [], requests, steps=10, batch_size=7)
     a, b = np.concatenate(exact.scores).ravel(), np.concatenate(fast.scores).ravel()
     assert np.corrcoef(a, b)[0, 1] > 0.99
+
+
+class ScaledConv(nn.Conv2d):
+    """A leaf convolution with its own forward (like fake quantisation): not a plain map."""
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * 0.5, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def test_only_plain_maps_are_planned():
+    """Convolutions whose own forward changes the weights, or with string padding, keep the dense
+    path; a Linear front map is not taken as a linear front (its bias axis varies)."""
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(ScaledConv(4, 5, 3), nn.ReLU())).eval()
+    g = LayerGraph(seq, ["2", "1"])
+    assert plan(g.segment("1", "2"), leaf_modules=(ScaledConv,)) is None
+    same = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 5, 3, padding="same"), nn.ReLU())
+    )
+    g = LayerGraph(same.eval(), ["2", "1"])
+    assert plan(g.segment("1", "2")) is None
+
+    class LinearFront(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    m = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), LinearFront()).eval()
+    p = plan(LayerGraph(m, ["2", "1"]).segment("1", "2"))
+    assert p is not None and not p.linear_front
+
+
+def test_a_layernorm_over_several_axes_does_not_say_channels_last():
+    from neurflow.layers import module_axis
+
+    assert module_axis(nn.LayerNorm(8), lambda m: None) == -1
+    assert module_axis(nn.LayerNorm([4, 6, 6]), lambda m: None) is None
