@@ -122,3 +122,32 @@ def golden_settings(cfg: dict) -> dict:
         max_sub_concepts=cfg["max_sub_concepts"],
         edge_norm="reference",
     )
+
+
+def run_args(ws, out="out", extra=(), factory="build"):
+    """`neurflow run` on the CLI tests' workspace (a model factory file and data.pt) with tiny settings."""
+    return [
+        "run",
+        "--model",
+        f"{ws}/mymodel.py:{factory}",
+        "--data",
+        f"{ws}/data.pt",
+        "--target",
+        "dog",
+        "--layers",
+        "head,block2,block1",
+        "--tau",
+        "3",
+        "--top-k",
+        "5",
+        "--ig-steps",
+        "8",
+        "--granularities",
+        "1,0.5",
+        "--selection",
+        "labelled",
+        "--out",
+        str(ws / out),
+        "--quiet",
+        *extra,
+    ]

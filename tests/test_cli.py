@@ -11,6 +11,7 @@ import torch
 from neurflow.cli import main
 
 from conftest import TINY_NET_PY as MODEL_PY
+from conftest import run_args
 
 
 @pytest.fixture
@@ -19,34 +20,6 @@ def workspace(tmp_path):
     torch.manual_seed(0)
     torch.save({"images": torch.randn(10, 3, 16, 16), "labels": torch.arange(10) % 4}, tmp_path / "data.pt")
     return tmp_path
-
-
-def run_args(ws, out="out", extra=()):
-    return [
-        "run",
-        "--model",
-        f"{ws}/mymodel.py:build",
-        "--data",
-        f"{ws}/data.pt",
-        "--target",
-        "dog",
-        "--layers",
-        "head,block2,block1",
-        "--tau",
-        "3",
-        "--top-k",
-        "5",
-        "--ig-steps",
-        "8",
-        "--granularities",
-        "1,0.5",
-        "--selection",
-        "labelled",
-        "--out",
-        str(ws / out),
-        "--quiet",
-        *extra,
-    ]
 
 
 def test_layers_run_show(workspace, capsys):

@@ -18,7 +18,7 @@ from PIL import Image
 from neurflow.cli import main
 from neurflow.errors import NeurFlowError
 
-from conftest import TINY_NET_PY
+from conftest import TINY_NET_PY, run_args
 
 MODEL_PY = (
     TINY_NET_PY
@@ -49,34 +49,6 @@ def ws(tmp_path):
     torch.manual_seed(0)
     torch.save({"images": torch.randn(10, 3, 16, 16), "labels": torch.arange(10) % 4}, tmp_path / "data.pt")
     return tmp_path
-
-
-def run_args(ws, out="out", factory="build", extra=()):
-    return [
-        "run",
-        "--model",
-        f"{ws}/mymodel.py:{factory}",
-        "--data",
-        f"{ws}/data.pt",
-        "--target",
-        "dog",
-        "--layers",
-        "head,block2,block1",
-        "--tau",
-        "3",
-        "--top-k",
-        "5",
-        "--ig-steps",
-        "8",
-        "--granularities",
-        "1,0.5",
-        "--selection",
-        "labelled",
-        "--out",
-        str(ws / out),
-        "--quiet",
-        *extra,
-    ]
 
 
 def one_line(capsys, argv) -> str:
