@@ -17,8 +17,8 @@ def gap_warnings(facts: Mapping, threshold: float = COMPLETENESS_WARN_RELATIVE) 
     if isinstance(rel, (int, float)) and rel > threshold:
         out.append(
             f"relative completeness gap {rel:.3g} is above {threshold:g}: the attributions miss part of "
-            "h(A) - h(0), so the core sets may be wrong (a normalisation layer such as LayerNorm between "
-            "the two layers causes this; see docs/method.md)"
+            "h(A) - h(0), so the core sets may be wrong (a LayerNorm/GroupNorm between the two layers "
+            "differentiated through under --norm-rule plain, or too few --ig-steps; see docs/method.md)"
         )
     zero = facts.get("zero_attribution_nodes")
     if isinstance(zero, (int, float)) and zero > 0:

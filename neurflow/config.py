@@ -17,6 +17,7 @@ TRACE_RULES = ("published", "sum")
 SELECTIONS = ("predicted", "labelled")
 ENGINES = ("auto", "dense")
 CHANNEL_AXES = ("auto", "1", "-1")
+NORM_RULES = ("frozen", "plain")
 PRECISIONS = ("fp32", "tf32", "bf16")
 # the Gauss-Legendre orders --ig-steps auto tries, smallest first
 DEFAULT_IG_STEPS = 50  # the published number of IG steps
@@ -130,6 +131,13 @@ class NeurFlowConfig:
         "LayerNorm/Linear: -1), refused where it does not say; 1 ([B, C, H, W]) or -1 ([B, H, W, C]) for those",
         CHANNEL_AXES,
     )
+    norm_rule: str = _setting(
+        "frozen",
+        "LayerNorm, GroupNorm and RMSNorm between two analysed layers: frozen = their scale held at its value on the "
+        "crop, like the other held inputs, so integrated gradients stay complete; plain = differentiated through "
+        "(scale invariance then hides most of h(A) - h(0) from IG; docs/method.md)",
+        NORM_RULES,
+    )
     batch_size: int = _setting(64, "batch size (bounds peak memory)")
     threads: int | None = _setting(
         None, "CPU threads for torch (default: the CPUs this process may run on, its affinity)"
@@ -195,6 +203,7 @@ class NeurFlowConfig:
         need(self.selection in SELECTIONS, "selection", " or ".join(SELECTIONS), self.selection)
         need(self.engine in ENGINES, "engine", " or ".join(ENGINES), self.engine)
         need(self.channel_axis in CHANNEL_AXES, "channel_axis", " or ".join(CHANNEL_AXES), self.channel_axis)
+        need(self.norm_rule in NORM_RULES, "norm_rule", " or ".join(NORM_RULES), self.norm_rule)
         need(
             self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
             "threads",
@@ -231,6 +240,8 @@ class NeurFlowConfig:
             d.pop("ig_tol")
         if self.channel_axis == "auto":  # the default: runs from before the setting keep their identity
             d.pop("channel_axis")
+        if self.norm_rule == "frozen":  # the default; a model without such normalisations is unaffected
+            d.pop("norm_rule")
         if self.precision == "fp32":  # the exact default: runs from before the setting keep their identity
             d.pop("precision")
         return d

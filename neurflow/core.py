@@ -68,7 +68,7 @@ def choose_steps(graph: LayerGraph, pool: CropPool, upper: str, lower: str, exem
         pairs += len(requests[i])
     take = sorted(take)
     with preserved(graph.model, freeze=True):
-        prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+        prefix, segment = graph.cut(lower, upper, cfg.norm_rule)
         sparse = plan(segment, graph.leaf_modules) if cfg.engine == "auto" else None
         with torch.no_grad():  # the sample's lower activations, in batches of batch_size
             parts = [prefix(pool.get(crops[take[i : i + cfg.batch_size]]).to(cfg.device))
@@ -105,7 +105,7 @@ def attribute(
         steps = choose_steps(graph, pool, upper, lower, exemplars, cfg) if auto else int(cfg.ig_steps)
     crops, requests = _requests(exemplars)
     with preserved(graph.model, freeze=True):  # gradients w.r.t. activations only; flags restored
-        prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+        prefix, segment = graph.cut(lower, upper, cfg.norm_rule)
         sparse = plan(segment, graph.leaf_modules) if cfg.engine == "auto" else None
         log.debug("IG %s <- %s: %s path", upper, lower, "channel-sparse" if sparse else "dense")
         gaps, per_crop = [], {}

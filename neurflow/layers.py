@@ -63,6 +63,18 @@ class _Tracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
 
+class FlatTracer(fx.Tracer):
+    """Traces a cut sub-network through its modules down to torch's own (the analysed layers are
+    leaves of the model's graph; inside a segment they are opened), ``leaf_modules`` kept whole."""
+
+    def __init__(self, leaf_modules: Sequence[type] = ()):
+        super().__init__()
+        self.leaf_types = tuple(leaf_modules)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return bool(self.leaf_types and isinstance(m, self.leaf_types)) or super().is_leaf_module(m, qualname)
+
+
 def _trace(model: nn.Module, leaves=(), leaf_modules=()) -> tuple[_Tracer, fx.Graph]:
     if isinstance(model, torch.jit.ScriptModule):
         raise NeurFlowError(
@@ -668,3 +680,14 @@ class LayerGraph:
         """(lower output, *extras) -> upper output."""
         extras, batch = self._cut(lower, upper)
         return self._module([self.nodes[lower]] + extras, [self.nodes[upper]], True, batch)
+
+    def cut(self, lower: str, upper: str, norm_rule: str = "frozen") -> tuple[nn.Module, nn.Module]:
+        """(prefix, segment) for attribution: under ``norm_rule`` frozen the segment's LayerNorm,
+        GroupNorm and RMSNorm hold their scale on the crop, an extra output of the prefix and
+        input of the segment (neurflow/norms.py)."""
+        prefix, segment = self.prefix(lower, upper), self.segment(lower, upper)
+        if norm_rule == "plain":
+            return prefix, segment
+        from .norms import freeze
+
+        return freeze(prefix, segment, self.leaf_modules)

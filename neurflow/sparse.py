@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attribution import IGResult, gauss_legendre, step_batches
-from .probe import response
+from .layers import FlatTracer
+from .probe import response, width
 
 # modules and functions that map channel n to channel n (in eval mode)
 _CHANNELWISE_MODULES = (
@@ -137,20 +138,11 @@ class Plan:
         return fx.GraphModule(self.module, g)
 
 
-class _FlatTracer(fx.Tracer):
-    def __init__(self, leaf_modules: Sequence[type] = ()):
-        super().__init__()
-        self.leaf_types = tuple(leaf_modules)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return bool(self.leaf_types and isinstance(m, self.leaf_types)) or super().is_leaf_module(m, qualname)
-
-
 def plan(segment: nn.Module, leaf_modules: Sequence[type] = ()) -> Plan | None:
     """The channel-sparse plan of ``segment`` (its first input is the lower activation), or None
     where its structure does not allow one (the dense path is used there)."""
     try:
-        graph = _FlatTracer(leaf_modules).trace(segment)
+        graph = FlatTracer(leaf_modules).trace(segment)
     except Exception:  # noqa: BLE001 - a segment that does not flatten keeps the dense path
         return None
     from .layers import out_of_place  # the flattened layers' in-place writes (ReLU(inplace=True)) too
@@ -703,7 +695,7 @@ def integrated_gradients_sparse(
     counts = np.asarray([len(r) for r in requests], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     n_slots = int(offsets[-1])
-    c_low = acts.shape[1]
+    c_low = width(acts)  # the channel axis of a [B, T, D] token input is the last
     scores = torch.zeros(n_slots, c_low, dtype=torch.float64)
     totals = torch.zeros(n_slots, dtype=torch.float64)
     deltas = np.zeros(n_slots)

@@ -198,7 +198,7 @@ def methods(ctx: Context) -> dict:
     timing = {"integrated_gradients": time.perf_counter() - t0}
     sets = _subsets(ctx, len(ig), rng)
     scores = _scores(ctx, upper, lower, node, sets, f"E4 {upper}/{node}")
-    prefix, segment = ctx.run.graph.prefix(lower, upper), ctx.run.graph.segment(lower, upper)
+    prefix, segment = ctx.run.graph.cut(lower, upper, ctx.run.config.norm_rule)  # as the run's IG saw it
     with torch.no_grad():
         acts, *extras = prefix(ctx.run.pool.get(ex).to(ctx.run.config.device))
     wrapper = _Node(segment, extras, node)

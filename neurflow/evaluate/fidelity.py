@@ -109,9 +109,9 @@ def mct_ranking(ctx: Context, name: str, n_images: int, rng) -> np.ndarray:
     idx = np.arange(ctx.run.class_images.shape[0])
     if n_images and len(idx) > n_images:
         idx = np.sort(rng.choice(idx, n_images, replace=False))
-    prefix, segment = ctx.run.graph.prefix(name, top), ctx.run.graph.segment(name, top)
-    total = None
     cfg = ctx.run.config
+    prefix, segment = ctx.run.graph.cut(name, top, cfg.norm_rule)
+    total = None
     steps = cfg.ig_steps if isinstance(cfg.ig_steps, int) else DEFAULT_IG_STEPS  # MCT's own rule: fixed steps
     with preserved(ctx.run.model, freeze=True):
         for start in range(0, len(idx), cfg.batch_size):
