@@ -60,13 +60,13 @@ def workload(smoke: bool):
     return model, images, target, layers, settings
 
 
-def run_ours(device: str, smoke: bool) -> dict:
+def run_ours(device: str, smoke: bool, precision: str = "fp32") -> dict:
     import neurflow
 
     model, images, target, layers, settings = workload(smoke)
     sync(device)
     t0 = time.perf_counter()
-    c = neurflow.NeurFlow(device=device, **settings).fit(model, images, target, layers).circuit_
+    c = neurflow.NeurFlow(device=device, precision=precision, **settings).fit(model, images, target, layers).circuit_
     sync(device)
     wall = time.perf_counter() - t0
     cores = {l.name: {int(n): list(node.core) for n, node in l.nodes.items()} for l in c.layers}
@@ -123,11 +123,21 @@ def run_baseline(device: str, smoke: bool, cores: dict, budget: float, batch_siz
     return out
 
 
+def agreement(ref: dict, other: dict) -> dict:
+    """Per layer: nodes whose ordered core sets are identical to ``ref``'s."""
+    out = {}
+    for layer, nodes in ref.items():
+        same = sum(other.get(layer, {}).get(n) == core for n, core in nodes.items())
+        out[layer] = {"nodes": len(nodes), "identical_ordered": same}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="a tiny CPU version (CI)")
     ap.add_argument("--device", default=None, help="default: cuda, or cpu with --smoke")
-    ap.add_argument("--budget", type=float, default=40.0, help="baseline seconds per layer before extrapolating")
+    ap.add_argument("--budget", type=float, default=25.0, help="baseline seconds per layer before extrapolating")
+    ap.add_argument("--precisions", default="tf32,bf16", help="faster --precision modes timed after the rest")
     ap.add_argument("--json", default=os.path.join(os.environ["OUT"], "gpu.json") if os.environ.get("OUT") else None)
     args = ap.parse_args(argv)
     import torch
@@ -138,14 +148,25 @@ def main(argv=None) -> int:
         return 2
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(f"device {device} ({name}); torch {torch.__version__}", flush=True)
+    result: dict = {"device": device, "device_name": name, "torch": torch.__version__, "smoke": args.smoke}
+
+    def save() -> None:  # after every stage: a run stopped at its time limit still leaves its figures
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1, default=str)
+
     ours = run_ours(device, args.smoke)
+    result["ours"] = {k: v for k, v in ours.items() if k != "cores"}
     print(f"ours: {ours['wall_s']:.1f} s, {ours['n_crops']} crops; stages {ours['timings']}", flush=True)
+    save()
     base = run_baseline(device, args.smoke, ours["cores"], args.budget)
     ratio = base["wall_s_extrapolated"] / ours["wall_s"]
+    result.update(baseline=base, time_ratio=ratio)
     print(f"baseline: {base['wall_s_measured']:.1f} s measured, {base['wall_s_extrapolated']:.1f} s extrapolated "
           f"to every node; time ratio baseline/ours {ratio:.2f}x", flush=True)  # fmt: skip
     for layer, a in base["agreement"].items():
         print(f"  {layer}: {a['identical_ordered']}/{a['compared']} compared nodes with identical ordered cores")
+    save()
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         cmd = [sys.executable, "-m", "neurflow.cli", "demo", "--device", device, "--quiet", "--out", f"{tmp}/demo"]
@@ -154,12 +175,18 @@ def main(argv=None) -> int:
     print(f"neurflow demo --device {device}: exit {demo.returncode}, {demo_s:.1f} s wall", flush=True)
     if demo.returncode:
         print(demo.stderr[-2000:], file=sys.stderr)
-    result = {"device": device, "device_name": name, "smoke": args.smoke, "ours": {k: v for k, v in ours.items()
-              if k != "cores"}, "baseline": base, "time_ratio": ratio, "demo_s": demo_s,
-              "demo_exit": demo.returncode}  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+    result.update(demo_s=demo_s, demo_exit=demo.returncode)
+    save()
+    for mode in [m for m in args.precisions.split(",") if m and m != "fp32"]:
+        other = run_ours(device, args.smoke, precision=mode)
+        agree = agreement(ours["cores"], other["cores"])
+        speedup = ours["wall_s"] / other["wall_s"]
+        result.setdefault("precisions", {})[mode] = {"wall_s": other["wall_s"], "speedup": speedup, "agreement": agree}
+        same = sum(a["identical_ordered"] for a in agree.values())
+        total = sum(a["nodes"] for a in agree.values())
+        print(f"ours --precision {mode}: {other['wall_s']:.1f} s ({speedup:.2f}x fp32), "
+              f"{same}/{total} nodes with the fp32 ordered cores", flush=True)  # fmt: skip
+        save()
     return 0 if demo.returncode == 0 else 1
 
 
