@@ -122,7 +122,8 @@ class NeurFlowConfig:
     selection: str = _setting("predicted", "class images: predicted or labelled as the target", SELECTIONS)
     engine: str = _setting(
         "auto",
-        "IG engine: auto = channel-sparse where the segment allows it, else dense; dense = always dense",
+        "IG engine: auto = channel-sparse on the CPU where the segment allows it, else dense (dense on a GPU, where "
+        "it is faster); dense = always dense",
         ENGINES,
     )
     channel_axis: str = _setting(

@@ -173,21 +173,19 @@ def threads(n: int | None) -> Iterator[int]:
 
 @contextlib.contextmanager
 def precision(mode: str, device="cpu") -> Iterator[str]:
-    """The arithmetic of the forwards and backwards within the block: ``fp32`` (exact, as is),
+    """The arithmetic of the forwards and backwards within the block: ``fp32`` (exact: TF32 off,
+    also for cuDNN's convolutions, which PyTorch lets use it by default on Ampere and later GPUs),
     ``tf32`` (TensorFloat-32 matmuls and convolutions where the hardware has them: Ampere and later
     GPUs) or ``bf16`` (bfloat16 autocast on the device).  Global switches are restored afterwards."""
-    if mode == "fp32":
-        yield mode
-        return
-    if mode == "tf32":
+    if mode in ("fp32", "tf32"):  # fp32 switches TF32 off: PyTorch's default lets cuDNN convolutions use it
         before = (
             torch.backends.cuda.matmul.allow_tf32,
             torch.backends.cudnn.allow_tf32,
             torch.get_float32_matmul_precision(),
         )
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.set_float32_matmul_precision("high")
+        on = mode == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+        torch.set_float32_matmul_precision("high" if on else "highest")
         try:
             yield mode
         finally:

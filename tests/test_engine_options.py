@@ -128,8 +128,15 @@ def test_precision_contexts_restore_the_global_switches():
     with precision("bf16"):
         y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
     assert y.dtype == torch.bfloat16 and not torch.is_autocast_enabled("cpu")
-    with precision("fp32"):
-        assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.float32
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default: cuDNN convolutions in TF32 on Ampere and later
+    try:
+        with precision("fp32"):  # exact: TF32 off for matmuls and convolutions alike
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.float32
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = before[1]
 
 
 @pytest.mark.parametrize("mode", ["bf16", "tf32"])
@@ -184,3 +191,18 @@ def test_adaptive_rule_from_kept_maps_equals_recomputing_them(skipnet, tiny_imag
     assert len(calls) > len(with_kept)  # without the kept maps, the adaptive passes run the prefixes again
     for a, b in zip(kept.layers, again.layers):
         assert {n: v.core for n, v in a.nodes.items()} == {n: v.core for n, v in b.nodes.items()}
+
+
+def test_engine_auto_is_channel_sparse_on_the_cpu_and_dense_on_a_gpu(skipnet):
+    """The device is only read, not used: the choice is testable without a GPU."""
+    from neurflow.config import NeurFlowConfig
+    from neurflow.core import sparse_plan
+    from neurflow.layers import LayerGraph
+
+    graph = LayerGraph(skipnet, SKIP_LAYERS)
+    upper, lower = SKIP_LAYERS[1], SKIP_LAYERS[2]
+    segment = graph.segment(lower, upper)
+    assert sparse_plan(graph, segment, NeurFlowConfig()) is not None
+    assert sparse_plan(graph, segment, NeurFlowConfig(device="cuda")) is None
+    assert sparse_plan(graph, segment, NeurFlowConfig(device="cuda:1")) is None
+    assert sparse_plan(graph, segment, NeurFlowConfig(engine="dense")) is None
