@@ -256,7 +256,7 @@ def debug_image(
     strongest = groups[0]
     trace = trace_down(circuit, i, [strongest["group"]], responses, pool, threshold, cfg.top_n, n_rep)
     before = logits(model, image[None], batch_size=1, device=device)[0]
-    after = logits(model, image[None], {L.name: strongest["neurons"]}, batch_size=1, device=device)[0]
+    after = logits(model, image[None], {L.name: strongest["neurons"]}, batch_size=1, device=device, axes=graph.axes)[0]
     names_ = class_names or circuit.provenance.class_names
     t = circuit.target
     top_before, top_after = top_k(before, 5, names_), top_k(after, 5, names_)

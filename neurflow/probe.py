@@ -200,9 +200,10 @@ def precision(mode: str, device="cpu") -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def zeroed(model: nn.Module, layer: str, neurons: Sequence[int]) -> Iterator[nn.Module]:
+def zeroed(model: nn.Module, layer: str, neurons: Sequence[int], axis: int | None = None) -> Iterator[nn.Module]:
     """Within the block, the output channels ``neurons`` of sub-module ``layer`` are zero
-    (a forward hook, removed on the way out, also on errors)."""
+    (a forward hook, removed on the way out, also on errors).  ``axis``: where a 4-D output's
+    channels lie (``LayerGraph.axes``, which honours ``--channel-axis``); None: read off the module."""
     from .errors import unknown_name
     from .layers import LAYERS_HINT
 
@@ -212,7 +213,8 @@ def zeroed(model: nn.Module, layer: str, neurons: Sequence[int]) -> Iterator[nn.
     from .layers import _Inside, module_axis
 
     idx = torch.as_tensor(sorted({int(n) for n in neurons}), dtype=torch.long)
-    axis = module_axis(modules[layer], lambda m: _Inside(m, ()))  # -1: a channels-last 4-D output
+    if axis is None:
+        axis = module_axis(modules[layer], lambda m: _Inside(m, ()))  # -1: a channels-last 4-D output
 
     def hook(module, args, out):
         if not isinstance(out, torch.Tensor):
@@ -245,9 +247,11 @@ def logits(
     batch_size: int = 64,
     device="cpu",
     finite: bool = False,
+    axes: dict | None = None,
 ) -> torch.Tensor:
     """The model's outputs for ``images`` in batches (eval mode, no gradients) with the channels
-    of every layer in ``zero`` ({layer: neurons}) zeroed.  ``model`` may be a traced graph
+    of every layer in ``zero`` ({layer: neurons}) zeroed (``axes``: {layer: channel axis}, the
+    run's ``LayerGraph.axes``; a layer not in it has its axis read off its module).  ``model`` may be a traced graph
     module (then ``zero`` must be empty).  With ``finite``, NaN or inf outputs are refused.
     Returns a float CPU tensor [N, classes]."""
     outs = []
@@ -256,7 +260,7 @@ def logits(
         if isinstance(model, nn.Module):
             stack.enter_context(preserved(model))
             for name, chans in plan.items():
-                stack.enter_context(zeroed(model, name, chans))
+                stack.enter_context(zeroed(model, name, chans, (axes or {}).get(name)))
         elif plan:
             raise NeurFlowError("model", "an nn.Module (to zero channels of its layers)", type(model).__name__)
         for start in range(0, images.shape[0], batch_size):

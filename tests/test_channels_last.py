@@ -167,3 +167,25 @@ def test_zeroed_channels_of_a_channels_last_layer():
     assert torch.allclose(logits(model, x, zero={"stem": [1, 4]}), want, atol=1e-6)
     with pytest.raises(NeurFlowError):
         logits(model, x, zero={"stem": [6]})
+
+
+def test_zeroing_follows_the_given_channel_axis():
+    """A layer whose axis only ``--channel-axis`` says (LayerGraph.axes): zeroing its channels in
+    the audit, the evaluation and debug's verification zeroes the last axis, not H."""
+    from neurflow.probe import logits
+
+    torch.manual_seed(0)
+    model, x = ChannelsLastNet(opaque=True).eval(), torch.rand(2, 3, 16, 16)
+    graph = LayerGraph(model, ["head", "block", "stem"], channel_axis="-1")
+
+    def zero_last(m, a, o):
+        o = o.clone()
+        o[..., [1, 4]] = 0
+        return o
+
+    h = model.stem.register_forward_hook(zero_last)
+    with torch.no_grad():
+        want = model(x)
+    h.remove()
+    assert torch.allclose(logits(model, x, zero={"stem": [1, 4]}, axes=graph.axes), want, atol=1e-6)
+    assert not torch.allclose(logits(model, x, zero={"stem": [1, 4]}), want, atol=1e-6)  # what it did before

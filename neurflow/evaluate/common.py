@@ -36,7 +36,8 @@ class Context:
 def class_accuracy(ctx: Context, zero: dict | None = None) -> float:
     """Share of the class images still predicted as the target with ``zero`` ({layer: channels})."""
     run = ctx.run
-    out = logits(run.model, run.class_images, zero or {}, run.config.batch_size, run.config.device)
+    axes = run.graph.axes if zero else None  # where --channel-axis put each layer's channels
+    out = logits(run.model, run.class_images, zero or {}, run.config.batch_size, run.config.device, axes=axes)
     return float((out.argmax(1) == run.target).float().mean())
 
 
