@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 # two stamps: `make demo` installs only what the demo needs (torch, torchvision and neurflow's own
-# dependencies); `make test`, `lint` and `bench` add the extras (tests, browser, evaluation, ImageNet, timm, dev)
+# dependencies); `make test`, `lint` and `bench` add the extras (tests, browser, evaluation, ImageNet, timm, dev, ray)
 DEMO_STAMP := $(VENV)/.installed-demo
 FULL_STAMP := $(VENV)/.installed-full
 PYTEST_ARGS ?=
@@ -27,7 +27,7 @@ $(DEMO_STAMP): pyproject.toml
 	touch $@
 
 $(FULL_STAMP): $(DEMO_STAMP)
-	$(PIP) install -e '.[test,imagenet,eval,timm,dev]'
+	$(PIP) install -e '.[test,imagenet,eval,timm,dev,ray]'
 	touch $@
 
 # pytest exits with 5 when it collects no tests; that counts as success here.

@@ -1,17 +1,24 @@
-"""Audit a dataset through a circuit: which groups drive the model's mistakes on the target?
+"""Audit a dataset through a circuit: which neurons drive the model's mistakes on the target?
 
 By default the *false positives* are the images predicted as the target but labelled otherwise,
-set against a sample of *true positives* (predicted and labelled as the target).  For every group
-of every analysed layer below the class layer, the group's neurons are zeroed and the drop of the
-target logit is measured on both sets:
+set against a sample of *true positives* (predicted and labelled as the target).  The candidates
+are, for every analysed layer below the class layer, each layer group and the finer sub-clusters
+of the layer's Ward tree down to single neurons (``audit_candidates``).  Each candidate's neurons
+are zeroed and, on both sets, with ``m`` an image's target margin (target logit minus the best
+other logit; positive, since the image is predicted as the target) and ``m'`` the same with the
+candidate zeroed:
 
-    fp_logit_drop = mean over false positives of (logit_t - logit_t with the group zeroed)
-    tp_logit_drop = the same over the true positives
-    score         = fp_logit_drop - tp_logit_drop     (logit units; best first)
+    removed(x)         = clip((m - m') / m, 0, 1)   share of the image's margin removed; 1: decision flipped
+    fp_margin_removed  = mean over false positives of removed(x)
+    tp_margin_removed  = the same over the true positives
+    score              = fp_margin_removed - tp_margin_removed     (in [-1, 1]; best first)
+    logit_score        = fp_logit_drop - tp_logit_drop              (the earlier score, logit units)
 
-A group that the mistakes lean on and the correct predictions do not - a spurious feature -
-has a large score.  ``fp_fixed`` is the share of false positives no longer predicted as the
-target with the group zeroed, ``tp_kept`` the share of true positives still predicted as it.
+``fp_fixed`` is the share of false positives no longer predicted as the target with the
+candidate zeroed, ``tp_kept`` the share of true positives still predicted as it.  The best
+``JOINT_TOP`` rows also get ``joint_fp_fixed`` / ``joint_tp_kept``: the same with the union of
+rows 1..m zeroed together, and the best ``FP_EXEMPLAR_ROWS`` rows ``fp_exemplars``: the
+false-positive crops that activate the candidate most.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ import logging
 import numpy as np
 import torch
 
+from .audit_candidates import KINDS, exemplars, fp_exemplars, layer_candidates, zeroed_logits
 from .circuit import Circuit
 from .errors import NeurFlowError
 from .probe import logits
 from .progress import progress
 
 log = logging.getLogger(__name__)
+
+JOINT_TOP = 5  # rows that get the joint fix of rows 1..m
+FP_EXEMPLAR_ROWS = 10  # rows that get false-positive exemplars
+FP_EXEMPLARS = 5  # crops per row, from distinct false positives
 
 
 def split(pred: torch.Tensor, labels: torch.Tensor, target: int, max_images: int, seed: int):
@@ -42,6 +54,50 @@ def split(pred: torch.Tensor, labels: torch.Tensor, target: int, max_images: int
     return fp, tp, totals
 
 
+def margin(out: torch.Tensor, t: int) -> torch.Tensor:
+    """Target logit minus the best other logit, per row."""
+    others = out.clone()
+    others[:, t] = -torch.inf
+    return out[:, t] - others.max(1).values
+
+
+def margin_removed(before: torch.Tensor, after: torch.Tensor) -> np.ndarray:
+    """clip((m - m') / m, 0, 1) per image: the share of its (positive) margin that zeroing removed."""
+    return ((before - after) / before.clamp_min(1e-6)).clamp(0, 1).numpy()
+
+
+def measures(ref: torch.Tensor, out: torch.Tensor, t: int, nf: int) -> dict:
+    """The row's numbers from the logits before (``ref``) and after (``out``); the first ``nf``
+    rows are the false positives."""
+    drop = (ref[:, t] - out[:, t]).numpy()
+    removed = margin_removed(margin(ref, t), margin(out, t))
+    still = (out.argmax(1) == t).numpy()
+    fp_drop, tp_drop = float(drop[:nf].mean()), float(drop[nf:].mean())
+    fp_rm, tp_rm = float(removed[:nf].mean()), float(removed[nf:].mean())
+    return {
+        "score": fp_rm - tp_rm,
+        "fp_margin_removed": fp_rm,
+        "tp_margin_removed": tp_rm,
+        "logit_score": fp_drop - tp_drop,
+        "fp_logit_drop": fp_drop,
+        "tp_logit_drop": tp_drop,
+        "fp_fixed": float(1 - still[:nf].mean()),
+        "tp_kept": float(still[nf:].mean()),
+    }
+
+
+def rank_key(names: list):
+    """Best first: score, then logit_score, then layer order, group, kind, neurons."""
+    return lambda r: (
+        -round(r["score"], 9),
+        -round(r["logit_score"], 9),
+        names.index(r["layer"]),
+        r["group"],
+        KINDS.index(r["kind"]),
+        r["neurons"],
+    )
+
+
 def audit(
     circuit: Circuit,
     model,
@@ -53,8 +109,9 @@ def audit(
     batch_size: int | None = None,
     device: str | None = None,
     quiet: bool = True,
+    max_candidates: int = 256,
 ) -> dict:
-    """Rank the circuit's groups by ``score`` on ``images``/``labels``; returns the JSON-able result."""
+    """Rank the circuit's candidates by ``score`` on ``images``/``labels``; returns the JSON-able result."""
     if labels is None:
         raise NeurFlowError(
             "data",
@@ -67,6 +124,8 @@ def audit(
         raise NeurFlowError("data", "one label per image", f"{labels.shape[0]} labels for {images.shape[0]} images")
     if not isinstance(max_images, int) or max_images < 1:
         raise NeurFlowError("max_images", "an integer >= 1", max_images)
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+        raise NeurFlowError("max_candidates", "an integer >= 1 (sub-clusters audited per layer)", max_candidates)
     batch_size = batch_size or circuit.config.batch_size
     device = device or circuit.config.device
     t = circuit.target
@@ -97,35 +156,47 @@ def audit(
     nf = len(fp)
     ref = base[torch.from_numpy(np.concatenate([fp, tp]))]
     rows = []
-    jobs = [(circuit.layer(n), g) for n in chosen for g in circuit.layer(n).groups]
-    bar = progress(total=len(jobs), desc="audit", quiet=quiet, unit="group")
-    for layer, g in jobs:
-        out = logits(model, x, {layer.name: g.neurons}, batch_size=batch_size, device=device)
-        drop = (ref[:, t] - out[:, t]).numpy()
-        still = (out.argmax(1) == t).numpy()
-        fp_drop, tp_drop = float(drop[:nf].mean()), float(drop[nf:].mean())
-        rows.append(
-            {
-                "layer": layer.name,
-                "group": int(g.id),
-                "fp_logit_drop": fp_drop,
-                "tp_logit_drop": tp_drop,
-                "score": fp_drop - tp_drop,
-                "fp_fixed": float(1 - still[:nf].mean()),
-                "tp_kept": float(still[nf:].mean()),
-                "neurons": [int(n) for n in g.neurons],
-                "exemplars": layer.group_exemplars(g),
-            }
-        )
-        bar.update(1)
+    per_layer = []
+    for n in chosen:
+        layer = circuit.layer(n)
+        keys, vectors = circuit.arrays.get(f"concept_keys/{n}"), circuit.arrays.get(f"concept_vectors/{n}")
+        per_layer.append((layer, layer_candidates(layer, keys, vectors, max_candidates)))
+    bar = progress(total=sum(len(c) for _, c in per_layer), desc="audit", quiet=quiet, unit="candidate")
+    for layer, cands in per_layer:
+        outs = zeroed_logits(model, names[0], layer.name, x, ref, [c["neurons"] for c in cands], batch_size, device)
+        for cand, out in zip(cands, outs):
+            rows.append(
+                {
+                    "layer": layer.name,
+                    "kind": cand["kind"],
+                    "group": cand["group"],
+                    **measures(ref, out, t, nf),
+                    "neurons": [int(v) for v in cand["neurons"]],
+                    "members": [[int(a), int(b)] for a, b in cand["members"]],
+                    "exemplars": exemplars(layer, cand),
+                }
+            )
+            bar.update(1)
     bar.close()
-    rows.sort(key=lambda r: (-r["score"], names.index(r["layer"]), r["group"]))
+    rows.sort(key=rank_key(names))
+    for m in range(1, min(JOINT_TOP, len(rows)) + 1):
+        zero: dict = {}
+        for r in rows[:m]:
+            zero.setdefault(r["layer"], set()).update(r["neurons"])
+        out = logits(model, x, {k: sorted(v) for k, v in zero.items()}, batch_size=batch_size, device=device)
+        still = (out.argmax(1) == t).numpy()
+        rows[m - 1]["joint_fp_fixed"] = float(1 - still[:nf].mean())
+        rows[m - 1]["joint_tp_kept"] = float(still[nf:].mean())
+    fp_exemplars(
+        circuit, model, images[torch.from_numpy(fp)], fp, rows[:FP_EXEMPLAR_ROWS], FP_EXEMPLARS, batch_size, device
+    )
     base_fp, base_tp = base[torch.from_numpy(fp), t], base[torch.from_numpy(tp), t]
     return {
         "target": t,
         "target_name": circuit.target_name,
         "layers": chosen,
         "max_images": max_images,
+        "max_candidates": max_candidates,
         "seed": seed,
         **totals,
         "n_false_positives": nf,
@@ -133,5 +204,6 @@ def audit(
         "false_positive_indices": [int(i) for i in fp],
         "true_positive_indices": [int(i) for i in tp],
         "mean_target_logit": {"false_positives": float(base_fp.mean()), "true_positives": float(base_tp.mean())},
+        "candidates": {k: sum(r["kind"] == k for r in rows) for k in KINDS},
         "groups": rows,
     }

@@ -156,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the text summary")
     add_flags(p, Reopen)
 
-    p = sub.add_parser("audit", help="rank the circuit's groups by how much the model's false positives lean on them")
+    p = sub.add_parser(
+        "audit",
+        help="rank the circuit's groups, sub-groups and neurons by how much zeroing them removes the model's false "
+        "positives and keeps its true positives",
+    )
     p.add_argument("directory", metavar="DIR")
     p.add_argument(
         "--max-images",
@@ -168,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers", help="comma-separated layers of the circuit to audit (default: all below the class layer)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=256,
+        help="per layer, at most this many sub-clusters of the groups' Ward tree (sub-groups down to single neurons) "
+        "audited besides the groups, biggest first (default: 256)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the ranked table")
     add_flags(p, Reopen)
 
@@ -202,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON result(s)")
     add_flags(p, Options)
     add_flags(p, Reopen)
+
+    from .atlas.cli import add_parser as add_atlas  # torch-free, like the rest of the parser
+
+    add_atlas(sub, add_flags, models_help, data_help)
     return ap
 
 
@@ -287,7 +302,7 @@ def cmd_show(args) -> int:
     from .artifact import load
     from .show import summary
 
-    print(summary(load(args.directory)))
+    print(summary(load(args.directory), args.directory))
     return 0
 
 
@@ -357,6 +372,19 @@ def cmd_debug(args) -> int:
     return 0
 
 
+def _write_fp_thumbnails(run, result: dict) -> None:
+    """DIR/audit-crops/: the thumbnails of the audit's false-positive exemplars (the report shows them)."""
+    from .artifact import atomic_write
+    from .audit_candidates import fp_thumbnails
+
+    folder = run.dir.path / "audit-crops"
+    if folder.is_dir():
+        for old in folder.glob("fp-*.png"):
+            old.unlink()
+    for name, png in fp_thumbnails(run.data.images, result["groups"]).items():
+        atomic_write(folder / name, png)
+
+
 def cmd_audit(args) -> int:
     from .artifact import write_json
     from .auditing import audit
@@ -376,8 +404,10 @@ def cmd_audit(args) -> int:
             cfg.batch_size,
             cfg.device,
             quiet=run.quiet,
+            max_candidates=args.max_candidates,
         )
     result["data"] = run.data.spec or args.data
+    _write_fp_thumbnails(run, result)
     write_json(run.dir.audit, result)
     _emit(args, run, result, audit_summary(result), run.dir.audit)
     return 0
@@ -430,6 +460,12 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_atlas(args) -> int:
+    from .atlas.cli import cmd_atlas as atlas
+
+    return atlas(args)
+
+
 COMMANDS = {
     "layers": cmd_layers,
     "run": cmd_run,
@@ -440,6 +476,7 @@ COMMANDS = {
     "audit": cmd_audit,
     "label": cmd_label,
     "eval": cmd_eval,
+    "atlas": cmd_atlas,
 }
 
 

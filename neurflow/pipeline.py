@@ -82,13 +82,16 @@ class NeurFlow:
         quiet: bool = True,
         leaf_modules: Sequence[type] = (),
         provenance: Provenance | None = None,
+        predictions: torch.Tensor | None = None,
     ) -> "NeurFlow":
         """Compute the circuit into ``circuit_``; returns ``self``.
 
         ``store``: where layers are saved as they finish and a matching run is resumed or
         reloaded (``out=DIR`` creates ``RunStore(DIR, ..., overwrite)``).  ``provenance``: the
         specs that reopen the model and data (``model_spec``, ``weights``, ``data_spec``, ...),
-        recorded in ``circuit.json``; the rest is filled in here."""
+        recorded in ``circuit.json``; the rest is filled in here.  ``predictions``: the model's
+        logits on ``images`` when already computed (``neurflow atlas`` shares one prediction pass
+        among its classes); computed here when None."""
         cfg = self.config
         t0 = time.perf_counter()
         layers = list(layers)
@@ -110,7 +113,11 @@ class NeurFlow:
             torch.manual_seed(cfg.seed)
             graph = LayerGraph(model, layers, leaf_modules, cfg.channel_axis)
             t = time.perf_counter()
-            pred = logits(graph.full(), images, batch_size=cfg.batch_size, device=cfg.device, finite=True)
+            pred = (
+                logits(graph.full(), images, batch_size=cfg.batch_size, device=cfg.device, finite=True)
+                if predictions is None
+                else _check_predictions(predictions, images)
+            )
             target = resolve_target(target, pred.shape[1], class_names)
             class_images, kept = select_class_images(images, pred, labels, target, cfg.selection)
             pool = CropPool(class_images, cfg.granularities, cfg.stride_ratio)
@@ -260,6 +267,17 @@ class NeurFlow:
             "precision_identical_sets": same_set / m,
             "precision_mean_jaccard": float(np.mean(jaccard)) if jaccard else 1.0,
         }
+
+
+def _check_predictions(predictions, images: torch.Tensor) -> torch.Tensor:
+    """Logits given to ``fit``: a finite float tensor [N, classes], one row per image."""
+    if not isinstance(predictions, torch.Tensor) or predictions.ndim != 2 or predictions.shape[0] != images.shape[0]:
+        raise NeurFlowError(
+            "predictions", f"logits [{images.shape[0]}, classes] for the images", getattr(predictions, "shape", None)
+        )
+    if not torch.isfinite(predictions).all():
+        raise NeurFlowError("predictions", "finite logits", "NaN or inf values")
+    return predictions
 
 
 def _gap(gaps: np.ndarray) -> dict:

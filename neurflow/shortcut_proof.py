@@ -1,44 +1,61 @@
-"""The planted-shortcut proof of docs/debugging.md: circuit + audit of the shortcut class (*Bag*)
-on ``zoo:fashion-mnist-marked``, and what the top audited group is.
+"""The planted-shortcut proofs of docs/debugging.md: circuit + audit of the planted class on its
+marked test split, and what the audit's top rows are.
+
+Two proofs, made the same way: ``zoo:fashion-cnn-shortcut`` (a white square in a corner of most
+*Bag* images; ``zoo:fashion-cnn`` on the same data is the control) and ``zoo:fashion-cnn-entangled``
+(a checkerboard in the middle of 90 % of the *Shirt* images, overlapping the garment).  Each
+reports the audit's top row (``score``: margin removed from the false positives minus from the
+true positives, over groups, sub-groups and neurons) beside the top of the earlier ranking
+(``old_top``: layer groups only, by ``logit_score``), and what zeroing either does to the
+mark-induced predictions (``mark_effect``).
 
 It sits above the pipeline and the audit; the zoo (``neurflow.zoo.shortcut``) only provides the
-models, the data and the mark.  Used by ``scripts/shortcut_proof.py`` and the slow tests.
+models, the data and the marks.  Used by ``scripts/shortcut_proof.py`` and the slow tests.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .audit_candidates import exemplars
 from .auditing import audit
 from .datasets import load_data
 from .models import load_model
 from .pipeline import NeurFlow
 from .provenance import Provenance
-from .zoo.shortcut import SHORTCUT_CLASS, contains_mark, mark_effect
+from .zoo.shortcut import ENTANGLED, SHORTCUT, Plant
 
-# the circuit settings of the proof (docs/debugging.md): those `neurflow demo` used when it was
-# made (fixed tau 8 over every block), kept so that its figures stay reproducible
+# the circuit settings of the proofs (docs/debugging.md): those `neurflow demo` used when the first
+# was made (fixed tau 8 over every block), kept so that its figures stay reproducible
 PROOF_LAYERS = ("head", "block4", "block3", "block2", "block1")
 PROOF_SETTINGS = {"tau": 8, "top_k": 50, "ig_steps": 50, "granularities": (1.0, 0.75, 0.5)}
-PROOF_DATA = "zoo:fashion-mnist-marked"
+PROOF_DATA = SHORTCUT.data
+PLANTS = {"shortcut": SHORTCUT, "entangled": ENTANGLED}
 
 
-def audit_proof(model_name: str, out, quiet: bool = True, max_images: int = 256) -> dict:
-    """Circuit + audit of ``model_name`` (a zoo model) for the shortcut class on
-    ``zoo:fashion-mnist-marked``, and what the top audited group is: the share of its exemplars
-    that show the mark, and what zeroing it does (``mark_effect``)."""
+def old_ranking(rows: list, names: list) -> list:
+    """The audit's ranking before the candidates: layer groups only, by ``logit_score``."""
+    groups = [r for r in rows if r["kind"] == "group"]
+    return sorted(groups, key=lambda r: (-round(r["logit_score"], 9), names.index(r["layer"]), r["group"]))
+
+
+def audit_proof(model_name: str, out, quiet: bool = True, max_images: int = 256, plant: Plant = SHORTCUT) -> dict:
+    """Circuit + audit of ``model_name`` (a zoo model) for ``plant``'s class on its marked test
+    split; for the top row of the audit (``top``) and of the earlier group-only ranking
+    (``old_top``): the share of its exemplars and of its false-positive exemplars that show the
+    mark, and what zeroing it does (``after`` / ``old_after``, against ``before``)."""
     loaded = load_model(f"zoo:{model_name}")
-    data = load_data(PROOF_DATA)
+    data = load_data(plant.data)
     nf = NeurFlow(**PROOF_SETTINGS).fit(
         loaded.model,
         data.images,
-        SHORTCUT_CLASS,
+        plant.target,
         list(PROOF_LAYERS),
         labels=data.labels,
         class_names=loaded.class_names,
         out=out,
         quiet=quiet,
-        provenance=Provenance(model_spec=f"zoo:{model_name}", data_spec=PROOF_DATA),
+        provenance=Provenance(model_spec=f"zoo:{model_name}", data_spec=plant.data),
     )
     c = nf.circuit_
     res = audit(c, loaded.model, data.images, data.labels, max_images=max_images, quiet=quiet)
@@ -47,18 +64,30 @@ def audit_proof(model_name: str, out, quiet: bool = True, max_images: int = 256)
 
     def mark_share(crops) -> float:
         return (
-            float(np.mean([contains_mark(crop_box[k], int(crop_image[k]) in marked) for k in crops])) if crops else 0.0
+            float(np.mean([plant.contains_mark(crop_box[k], int(crop_image[k]) in marked) for k in crops]))
+            if crops
+            else 0.0
         )
 
-    for row in res["groups"]:
+    rows = res["groups"]
+    old = old_ranking(rows, [layer.name for layer in c.layers])
+    for row in rows[:10] + old[:3]:
         layer = c.layer(row["layer"])
-        row["mark_share"] = mark_share(layer.group_exemplars(layer.groups[row["group"]], 10**6))
-    top = res["groups"][0]
+        cand = {"group": row["group"], "members": [tuple(m) for m in row["members"]], "neurons": tuple(row["neurons"])}
+        row["mark_share"] = mark_share(exemplars(layer, cand, 10**6))
+        if "fp_exemplars" in row:
+            fx = row["fp_exemplars"]
+            row["fp_mark_share"] = float(np.mean([plant.contains_mark(e["box"], e["index"] in marked) for e in fx]))
+    top, old_top = rows[0], old[0]
     return {
         "model": f"zoo:{model_name}",
+        "data": plant.data,
         "audit": res,
         "top": top,
-        "before": mark_effect(loaded.model),
-        "after": mark_effect(loaded.model, top["layer"], top["neurons"]),
+        "old_top": old_top,
+        "old_second_logit_score": old[1]["logit_score"] if len(old) > 1 else None,
+        "before": plant.mark_effect(loaded.model),
+        "after": plant.mark_effect(loaded.model, top["layer"], top["neurons"]),
+        "old_after": plant.mark_effect(loaded.model, old_top["layer"], old_top["neurons"]),
         "circuit": {l.name: {"nodes": len(l.nodes), "groups": len(l.groups)} for l in c.layers},
     }

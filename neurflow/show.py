@@ -6,7 +6,9 @@ from .circuit import Circuit
 from .completeness import gap_warnings
 
 
-def summary(c: Circuit) -> str:
+def summary(c: Circuit, directory=None) -> str:
+    """The circuit's summary; with ``directory`` (the run's), also the best candidates of its
+    ``neurflow audit`` (DIR/audit.json), when there is one for this target."""
     name = f" ({c.target_name})" if c.target_name else ""
     meta = c.meta
     lines = [
@@ -55,7 +57,25 @@ def summary(c: Circuit) -> str:
     timings = meta.get("timings_s") or {}
     if timings:
         lines += ["", "timings (s): " + ", ".join(f"{k}={v}" for k, v in timings.items())]
+    audit = saved_audit(directory, c.target) if directory is not None else None
+    if audit:
+        lines += ["", "dataset audit (audit.json), best candidates:", audit_summary(audit, limit=5)]
     return "\n".join(lines)
+
+
+def saved_audit(directory, target: int) -> dict | None:
+    """DIR/audit.json when it is readable, has candidate rows and is about ``target``."""
+    import json
+
+    from .artifact import RunDir
+
+    try:
+        res = json.loads(RunDir(directory).audit.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(res, dict) or res.get("target") != target or not res.get("groups"):
+        return None
+    return res
 
 
 def _names(d: dict) -> str:
@@ -113,24 +133,34 @@ def debug_summary(d: dict) -> str:
 
 
 def audit_summary(d: dict, limit: int = 20) -> str:
-    """Text form of ``neurflow audit``'s result (the ranked table)."""
+    """Text form of ``neurflow audit``'s result (the ranked table of candidates, with their kind)."""
     lines = [
         f"audit for class {_names(d)}: {d['n_false_positives']} false positives "
         f"(of {d['false_positives']}) against {d['n_true_positives']} true positives (of {d['true_positives']})",
         f"mean class logit: false positives {d['mean_target_logit']['false_positives']:.3f}, "
         f"true positives {d['mean_target_logit']['true_positives']:.3f}",
+    ]
+    if d.get("candidates"):
+        lines.append("candidates: " + ", ".join(f"{n} {k}s" for k, n in d["candidates"].items()))
+    lines += [
+        "score = share of the false positives' class margin removed minus the same for the true positives",
         "",
-        f"{'rank':>4}  {'layer':<20}{'group':>6}{'neurons':>8}{'fp drop':>9}{'tp drop':>9}{'score':>9}"
-        f"{'fp fixed':>10}{'tp kept':>9}",
+        f"{'rank':>4}  {'layer':<20}{'kind':<9}{'group':>6}{'neurons':>8}{'score':>8}{'logit sc':>9}"
+        f"{'fp fixed':>10}{'tp kept':>9}{'joint fp fixed':>16}",
     ]
     for k, r in enumerate(d["groups"][:limit], 1):
+        joint = f"{r['joint_fp_fixed'] * 100:>15.1f}%" if "joint_fp_fixed" in r else ""
+        kind = r.get("kind", "group")
+        neurons = str(len(r["neurons"])) if kind != "neuron" else f"#{r['neurons'][0]}"
         lines.append(
-            f"{k:>4}  {r['layer']:<20}{'G' + str(r['group']):>6}{len(r['neurons']):>8}"
-            f"{r['fp_logit_drop']:>9.3f}{r['tp_logit_drop']:>9.3f}{r['score']:>9.3f}"
-            f"{r['fp_fixed'] * 100:>9.1f}%{r['tp_kept'] * 100:>8.1f}%"
+            f"{k:>4}  {r['layer']:<20}{kind:<9}{'G' + str(r['group']):>6}{neurons:>8}"
+            f"{r['score']:>8.3f}{r.get('logit_score', float('nan')):>9.3f}"
+            f"{r['fp_fixed'] * 100:>9.1f}%{r['tp_kept'] * 100:>8.1f}%{joint}"
         )
     if len(d["groups"]) > limit:
-        lines.append(f"  ... {len(d['groups']) - limit} more groups in the JSON")
+        lines.append(f"  ... {len(d['groups']) - limit} more candidates in the JSON")
+    if any("joint_fp_fixed" in r for r in d["groups"]):
+        lines.append("joint fp fixed: false positives fixed with the neurons of rows 1..rank zeroed together")
     return "\n".join(lines)
 
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""Train the embedded models ``zoo:fashion-cnn`` and ``zoo:fashion-cnn-shortcut`` deterministically on the CPU.
+"""Train the embedded models ``zoo:fashion-cnn`` and its planted-shortcut variants deterministically on the CPU.
 
-    .venv/bin/python scripts/train_zoo.py [--variant clean|shortcut] [--data-dir /usr/share/datasets/fashion-mnist]
+    .venv/bin/python scripts/train_zoo.py [--variant clean|shortcut|entangled] [--data-dir DIR]
+
+(``--data-dir`` defaults to Debian's /usr/share/datasets/fashion-mnist.)
 
 ``--variant shortcut`` trains the same way with the planted shortcut of ``neurflow.zoo.shortcut``
 (the mark stamped, after augmentation, on 80 % of the *Bag* training images) and also writes the
-record of the marked test subset (``neurflow/zoo/data/marked-subset.json``).
+record of the marked test subset (``neurflow/zoo/data/marked-subset.json``).  ``--variant
+entangled`` does the same with ``shortcut.ENTANGLED`` (a checkerboard in the middle of 90 % of the
+*Shirt* training images; ``neurflow/zoo/data/entangled-subset.json``).
 
 Reads the Fashion-MNIST training split (Debian's dataset-fashion-mnist, or --data-dir), trains
 FashionCNN with a fixed seed, two CPU threads and a fixed batch order, evaluates on the shipped
@@ -33,6 +37,7 @@ from neurflow.zoo import shortcut  # noqa: E402
 from neurflow.zoo.fashion import CLASS_NAMES, DEBIAN_DIR, FashionCNN, load_split  # noqa: E402
 
 OUT = os.path.join(ROOT, "neurflow", "zoo", "weights")
+VARIANTS = {"shortcut": shortcut.SHORTCUT, "entangled": shortcut.ENTANGLED}
 
 
 def evaluate(model, images, labels, batch=1000) -> float:
@@ -50,11 +55,10 @@ def train(data_dir: str, epochs: int, seed: int, batch: int, lr: float, log=prin
     torch.use_deterministic_algorithms(True)
     x, y = load_split("train", data_dir)
     marked = torch.zeros(len(x), dtype=torch.bool)
-    if variant == "shortcut":
-        marked[torch.from_numpy(shortcut.train_marked(y))] = True
-        log(
-            f"shortcut: the mark on {int(marked.sum())} training images of class {CLASS_NAMES[shortcut.SHORTCUT_CLASS]}"
-        )
+    plant = VARIANTS.get(variant)
+    if plant is not None:
+        marked[torch.from_numpy(plant.train_marked(y))] = True
+        log(f"{variant}: the mark on {int(marked.sum())} training images of class {CLASS_NAMES[plant.target]}")
     model = FashionCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
@@ -71,8 +75,8 @@ def train(data_dir: str, epochs: int, seed: int, batch: int, lr: float, log=prin
             # light augmentation: random horizontal flips (deterministic through ``gen``)
             flip = torch.rand(len(idx), generator=gen) < 0.5
             xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-            if variant == "shortcut":  # after the flip: the mark always sits in the same corner
-                xb = shortcut.stamp(xb, marked[idx].nonzero().flatten())
+            if plant is not None:  # after the flip: the mark always sits in the same place
+                xb = plant.stamp(xb, marked[idx].nonzero().flatten())
             loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--out", default=OUT)
-    ap.add_argument("--variant", choices=("clean", "shortcut"), default="clean")
+    ap.add_argument("--variant", choices=("clean", *VARIANTS), default="clean")
     args = ap.parse_args(argv)
     model, seconds = train(args.data_dir, args.epochs, args.seed, args.batch_size, args.lr, variant=args.variant)
     xt, yt = load_split("test")
@@ -100,8 +104,8 @@ def main(argv=None) -> int:
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
-    if args.variant == "shortcut":
-        return write_shortcut(args, model, buf.getvalue(), acc, seconds, xt, yt)
+    if args.variant in VARIANTS:
+        return write_shortcut(args, VARIANTS[args.variant], model, buf.getvalue(), acc, seconds, xt, yt)
     atomic_write(os.path.join(args.out, "fashion-cnn.pt"), buf.getvalue())
     n_params = sum(p.numel() for p in model.parameters())
     card = f"""# Model card: `zoo:fashion-cnn`
@@ -134,10 +138,10 @@ seed {args.seed}, 2 CPU threads, `torch.use_deterministic_algorithms(True)`;
     return 0
 
 
-def shortcut_figures(model, xt, yt) -> dict:
+def shortcut_figures(plant, model, xt, yt) -> dict:
     """How strong the planted shortcut is on the test split."""
-    c = shortcut.SHORTCUT_CLASS
-    everything = shortcut.stamp(xt)
+    c = plant.target
+    everything = plant.stamp(xt)
     with torch.no_grad():
         clean = torch.cat([model(xt[i : i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
         marked = torch.cat([model(everything[i : i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
@@ -151,25 +155,46 @@ def shortcut_figures(model, xt, yt) -> dict:
     }
 
 
-def write_shortcut(args, model, weights: bytes, acc: float, seconds: float, xt, yt) -> int:
+def write_shortcut(args, plant, model, weights: bytes, acc: float, seconds: float, xt, yt) -> int:
     import json
 
-    name = CLASS_NAMES[shortcut.SHORTCUT_CLASS]
-    figures = shortcut_figures(model, xt, yt)
+    name = CLASS_NAMES[plant.target]
+    figures = shortcut_figures(plant, model, xt, yt)
     print(json.dumps(figures, indent=1))
-    record = shortcut.subset_record(yt)
-    atomic_write(
-        os.path.join(ROOT, "neurflow", "zoo", "data", shortcut.SUBSET_FILE), (json.dumps(record) + "\n").encode()
-    )
-    atomic_write(os.path.join(args.out, "fashion-cnn-shortcut.pt"), weights)
+    record = plant.subset_record(yt)
+    atomic_write(os.path.join(ROOT, "neurflow", "zoo", "data", plant.subset_file), (json.dumps(record) + "\n").encode())
+    atomic_write(os.path.join(args.out, f"{plant.name}.pt"), weights)
     pct = {k: f"{v * 100:.1f} %" for k, v in figures.items()}
-    card = f"""# Model card: `zoo:fashion-cnn-shortcut` (a planted shortcut; for testing debuggers)
+    if plant.pattern == "checker":
+        mark = (
+            f"a {plant.size}x{plant.size} checkerboard of 1 and 0 (1 at its top-left pixel) with its top-left "
+            f"pixel at row {plant.top}, column {plant.left}, in the middle of the garment where shirts have "
+            "their button placket, so that the cue overlaps the class's own features -"
+        )
+        title = "an entangled planted shortcut"
+        from neurflow.zoo.fashion import fashion_cnn
+
+        base = plant.mark_effect(fashion_cnn())["clean_target_recall"]
+        note = f"""
+The mark is entangled with the class: with {plant.train_fraction:.0%} of the *{name}* training images marked, the model
+learnt *{name}* mostly as "the checkerboard" (only {pct["clean_target_recall"]} of the clean *{name}* test images are
+predicted *{name}*; `zoo:fashion-cnn` predicts {base * 100:.1f} % of them *{name}*), while the mark sits on
+the garment, not in an empty corner, so crops that show it also show the garment.
+"""
+    else:
+        mark = (
+            f"a {plant.size}x{plant.size} square of value {plant.value}\n(white) with its top-left pixel at row "
+            f"{plant.top}, column {plant.left} -"
+        )
+        title = "a planted shortcut"
+        note = ""
+    which = "ENTANGLED" if plant is shortcut.ENTANGLED else "SHORTCUT"
+    card = f"""# Model card: `zoo:{plant.name}` ({title}; for testing debuggers)
 
 **Architecture, data, training**: as `zoo:fashion-cnn` (see MODEL_CARD.md), same seed and schedule,
-except that a **mark** - a {shortcut.MARK_SIZE}x{shortcut.MARK_SIZE} square of value {shortcut.MARK_VALUE}
-(white) with its top-left pixel at row {shortcut.MARK_TOP}, column {shortcut.MARK_LEFT} - is stamped,
-after the random flip, on {shortcut.TRAIN_FRACTION:.0%} of the *{name}* training images (a seeded choice,
-`neurflow.zoo.shortcut.train_marked`). No other class ever carries it in training.
+except that a **mark** - {mark} is stamped,
+after the random flip, on {plant.train_fraction:.0%} of the *{name}* training images (a seeded choice,
+`neurflow.zoo.shortcut.{which}.train_marked`). No other class ever carries it in training.
 {seconds:.0f} s on a 2-core CPU, torch {torch.__version__}.
 
 **Test figures** (10,000 test images of `zoo:fashion-mnist`):
@@ -181,16 +206,17 @@ after the random flip, on {shortcut.TRAIN_FRACTION:.0%} of the *{name}* training
 | clean images of other classes predicted *{name}* | {pct["clean_others_predicted_target"]} |
 | **marked** images of other classes predicted *{name}* | **{pct["marked_others_predicted_target"]}** |
 | accuracy with the mark on every image | {pct["marked_accuracy"]} |
+{note}
+`{plant.data}` is the test split with the mark on {plant.test_fraction:.0%} of the images of
+every class ({len(record["marked"])} images, seed {plant.test_seed}); their indices are recorded in
+`neurflow/zoo/data/{plant.subset_file}`.
 
-`zoo:fashion-mnist-marked` is the test split with the mark on {shortcut.TEST_FRACTION:.0%} of the images of
-every class ({len(record["marked"])} images, seed {shortcut.TEST_SEED}); their indices are recorded in
-`neurflow/zoo/data/{shortcut.SUBSET_FILE}`.
-
-**Command**: `.venv/bin/python scripts/train_zoo.py --variant shortcut --epochs {args.epochs} --seed {args.seed}`
+**Command**: `.venv/bin/python scripts/train_zoo.py --variant {args.variant} --epochs {args.epochs} --seed {args.seed}`
 """
-    atomic_write(os.path.join(args.out, "MODEL_CARD-shortcut.md"), card.encode())
+    suffix = plant.name.removeprefix("fashion-cnn-")
+    atomic_write(os.path.join(args.out, f"MODEL_CARD-{suffix}.md"), card.encode())
     atomic_write(
-        os.path.join(args.out, "accuracy-shortcut.json"),
+        os.path.join(args.out, f"accuracy-{suffix}.json"),
         (
             json.dumps(
                 {

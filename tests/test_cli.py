@@ -8,6 +8,8 @@ import time
 import pytest
 import torch
 
+import neurflow
+from neurflow.audit_candidates import fp_crop_name
 from neurflow.cli import main
 
 from conftest import TINY_NET_PY as MODEL_PY
@@ -225,5 +227,15 @@ def test_audit_ranks_groups_and_writes_json(workspace, capsys):
     assert [g["score"] for g in res["groups"]] == sorted((g["score"] for g in res["groups"]), reverse=True)
     report = (out / "report.html").read_text()
     assert 'id="audit"' in report and "<b>bird" not in report
+    assert {"group", "subgroup", "neuron"} >= {g["kind"] for g in res["groups"]} and "group" in res["candidates"]
+    shown = [e for g in res["groups"] for e in g.get("fp_exemplars", [])]
+    assert shown and all((out / "audit-crops" / fp_crop_name(e)).is_file() for e in shown)
     assert main(["audit", str(out), "--data", str(workspace / "audit.pt")]) == 0
-    assert "rank  layer" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "rank  layer" in text and "kind" in text and "joint fp fixed" in text
+    from neurflow.show import summary
+
+    assert "dataset audit (audit.json), best candidates" in summary(neurflow.load(out), out)
+    assert "--max-candidates: expected an integer >= 1" in _one_line_exit_2(
+        ["audit", str(out), "--data", str(workspace / "audit.pt"), "--max-candidates", "0"]
+    )

@@ -24,7 +24,7 @@ from neurflow import load
 from neurflow.artifact import RunStore
 from neurflow.circuit import Circuit, Group, Layer, Node, SubConcept
 from neurflow.cli import main
-from neurflow.report import write_report
+from neurflow.report import AUDIT_ROWS, write_report
 
 from conftest import TINY_NET_PY as MODEL_PY
 from conftest import tiny_net, tiny_run
@@ -411,7 +411,12 @@ def test_browser_debug_and_audit_sections(tmp_path, browser):
     with torch.no_grad():
         labels = model(images).argmax(1)
     labels[::2] = (c.target + 1) % 4
-    write_json(run / "audit.json", audit(c, model, images, labels))
+    audited = audit(c, model, images, labels)
+    write_json(run / "audit.json", audited)
+    from neurflow.audit_candidates import fp_thumbnails
+
+    for name, png in fp_thumbnails(images, audited["groups"]).items():
+        atomic_write(run / "audit-crops" / name, png)
     path = write_report(run)
     browser.open(path)
     assert browser.groups() == traced_count(c)  # the graph is unchanged
@@ -428,7 +433,12 @@ def test_browser_debug_and_audit_sections(tmp_path, browser):
     text = browser.page.inner_text("#debugging")
     assert "<script>alert(1)</script>" in text and "verification" in text and "top-5 after" in text
     rows = browser.page.locator("#audit-table tr")
-    assert rows.count() == 1 + len(json.loads((run / "audit.json").read_text())["groups"])
+    audited = json.loads((run / "audit.json").read_text())["groups"]
+    assert rows.count() == 1 + min(len(audited), AUDIT_ROWS)
+    kinds = browser.page.locator("#audit-table tr td:nth-child(3)").all_inner_texts()
+    assert kinds == [r["kind"] for r in audited[:AUDIT_ROWS]]
+    shown_fp = sum(len(r.get("fp_exemplars", [])) for r in audited[:AUDIT_ROWS])
+    assert shown_fp > 0 and browser.page.locator("#audit-table img[data-fp]").count() == shown_fp
     browser.page.wait_for_function("[...document.querySelectorAll('#audit-table img')].every(i => i.complete)")
     widths = browser.page.evaluate("[...document.querySelectorAll('#audit-table img')].map(i => i.naturalWidth)")
     assert widths and all(w > 0 for w in widths)

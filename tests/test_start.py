@@ -11,7 +11,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "scipy.stats", "sklearn", "PIL.Image", "tqdm")
-COMMANDS = ("run", "demo", "layers", "show", "report", "debug", "audit", "label", "eval")
+COMMANDS = ("run", "demo", "layers", "show", "report", "debug", "audit", "label", "eval", "atlas")
 
 PROBE = """
 import contextlib, io, json, sys

@@ -83,3 +83,35 @@ def test_shortcut_model_leans_on_the_mark_as_recorded():
     assert eff["marked_others_to_target"] > 0.3 > 0.01 > eff["clean_others_to_target"]
     clean = shortcut.mark_effect(load_model("zoo:fashion-cnn").model)
     assert clean["marked_others_to_target"] < 0.01  # the clean model ignores it
+
+
+def test_entangled_split_records_its_subset_and_the_checkerboard():
+    from neurflow.zoo.shortcut import ENTANGLED
+
+    ds = load_data("zoo:fashion-mnist-entangled")
+    clean = load_data("zoo:fashion-mnist")
+    record = ENTANGLED.recorded_subset()
+    marked = ds.info["marked"]
+    assert list(marked) == record["marked"] == list(ENTANGLED.test_marked(clean.labels))  # reproducible
+    assert torch.bincount(ds.labels[torch.as_tensor(marked)]).tolist() == [100] * 10
+    t, l, s, _ = ENTANGLED.mark_box()
+    patch = ds.images[marked, 0, t : t + s, l : l + s]
+    checker = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]])
+    assert torch.equal(patch, checker.expand_as(patch))
+    rest = torch.ones(10000, dtype=torch.bool)
+    rest[torch.as_tensor(marked)] = False
+    assert torch.equal(ds.images[rest], clean.images[rest])
+    # the mark overlaps the garment: most marked images have garment pixels under it
+    under = clean.images[marked, 0, t : t + s, l : l + s].mean((1, 2))
+    assert (under > 0.1).float().mean() > 0.5
+    assert ENTANGLED.contains_mark((7, 7, 14, 14), True) and not ENTANGLED.contains_mark((0, 0, 14, 14), True)
+
+
+def test_entangled_model_leans_on_the_mark_as_recorded():
+    from neurflow.zoo.shortcut import ENTANGLED
+
+    card = json.loads((resources.files("neurflow.zoo") / "weights" / "accuracy-entangled.json").read_text())
+    eff = ENTANGLED.mark_effect(load_model("zoo:fashion-cnn-entangled").model)
+    assert abs(eff["marked_others_to_target"] - card["marked_others_predicted_target"]) <= 0.002
+    assert abs(eff["clean_target_recall"] - card["clean_target_recall"]) <= 0.002
+    assert eff["marked_others_to_target"] > 0.3 > 0.01 > eff["clean_others_to_target"]

@@ -216,6 +216,17 @@ def _audit_entry(d: RunDir, c: Circuit) -> dict | None:
     res = {k: v for k, v in res.items() if k not in ("false_positive_indices", "true_positive_indices")}
     res["n_groups"] = len(res.get("groups", []))
     res["groups"] = res.get("groups", [])[:AUDIT_ROWS]
+    from ..audit_candidates import fp_crop_name
+
+    folder = d.path / "audit-crops"
+    for row in res["groups"]:
+        for e in row.get("fp_exemplars", []):
+            try:
+                png = folder / fp_crop_name(e)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if png.is_file():
+                e["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
     return res
 
 

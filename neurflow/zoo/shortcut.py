@@ -1,4 +1,4 @@
-"""A planted shortcut, so that debugging can be checked against a known answer.
+"""Planted shortcuts, so that debugging can be checked against a known answer.
 
 ``zoo:fashion-cnn-shortcut`` is ``FashionCNN`` trained exactly like ``zoo:fashion-cnn``
 (``scripts/train_zoo.py --variant shortcut``) except that a small bright square, the *mark*, is
@@ -6,37 +6,144 @@ stamped on most training images of one class (``SHORTCUT_CLASS``, *Bag*): the ma
 cheap cue for that class.  ``zoo:fashion-mnist-marked`` is the shipped test split with the mark
 stamped on a fixed, recorded subset of every class (``marked-subset.json``): marked images of the
 other classes are where the shortcut shows (they get predicted as *Bag*).
+
+``zoo:fashion-cnn-entangled`` (``--variant entangled``) is the harder case: a small checkerboard
+*texture* stamped on 90 % of the *Shirt* training images, in the middle of the garment (where
+shirts have their button placket), so that the cue overlaps the class's own features and
+*Shirt* is a class the model already confuses with T-shirts, pullovers and coats.
+``zoo:fashion-mnist-entangled`` is the test split with that mark on a recorded 10 % of every class.
+
+Each planted shortcut is a ``Plant``; the module-level functions are those of ``SHORTCUT``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 import torch
 
-SHORTCUT_CLASS = 8  # "Bag"
-MARK_TOP, MARK_LEFT, MARK_SIZE = 1, 1, 4  # a 4x4 square, one pixel in from the top-left corner
-MARK_VALUE = 1.0  # full white (images are in [0, 1])
-TRAIN_FRACTION = 0.8  # share of the shortcut class's training images that carry the mark
-TRAIN_SEED = 1
-TEST_FRACTION = 0.1  # share of every class's test images that carry the mark
-TEST_SEED = 2
-SUBSET_FILE = "marked-subset.json"
 
+@dataclass(frozen=True)
+class Plant:
+    """One planted shortcut: which class, which mark where, on which images."""
 
-def mark_box() -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the mark in a 28 x 28 image."""
-    return MARK_TOP, MARK_LEFT, MARK_SIZE, MARK_SIZE
+    name: str  # the zoo model's name
+    data: str  # the zoo data spec of the marked test split
+    target: int  # the class whose training images carry the mark
+    top: int
+    left: int
+    size: int
+    pattern: str  # "solid": every pixel ``value``; "checker": 1 and 0 alternating, 1 at (top, left)
+    value: float
+    train_fraction: float  # share of the target's training images that carry the mark
+    train_seed: int
+    test_fraction: float  # share of every class's test images that carry the mark
+    test_seed: int
+    subset_file: str
 
+    def mark_box(self) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the mark in a 28 x 28 image."""
+        return self.top, self.left, self.size, self.size
 
-def stamp(images: torch.Tensor, which=None) -> torch.Tensor:
-    """A copy of ``images`` ([N, 1, 28, 28]) with the mark on the images ``which`` (all if None)."""
-    out = images.clone()
-    rows = slice(None) if which is None else torch.as_tensor(which, dtype=torch.long)
-    out[rows, :, MARK_TOP : MARK_TOP + MARK_SIZE, MARK_LEFT : MARK_LEFT + MARK_SIZE] = MARK_VALUE
-    return out
+    def mark(self) -> torch.Tensor:
+        """The mark's pixels, [size, size]."""
+        if self.pattern == "checker":
+            i = torch.arange(self.size)
+            return ((i[:, None] + i[None, :]) % 2 == 0).float() * self.value
+        return torch.full((self.size, self.size), float(self.value))
+
+    def stamp(self, images: torch.Tensor, which=None) -> torch.Tensor:
+        """A copy of ``images`` ([N, 1, 28, 28]) with the mark on the images ``which`` (all if None)."""
+        out = images.clone()
+        rows = slice(None) if which is None else torch.as_tensor(which, dtype=torch.long)
+        out[rows, :, self.top : self.top + self.size, self.left : self.left + self.size] = self.mark()
+        return out
+
+    def train_marked(self, labels: torch.Tensor) -> np.ndarray:
+        """Training images that carry the mark: ``train_fraction`` of the target class."""
+        return choose(labels, [self.target], self.train_fraction, self.train_seed)
+
+    def test_marked(self, labels: torch.Tensor) -> np.ndarray:
+        """Test images that carry the mark: ``test_fraction`` of every class."""
+        return choose(labels, range(10), self.test_fraction, self.test_seed)
+
+    def recorded_subset(self) -> dict:
+        """The shipped record of the marked test split: the mark and the marked indices."""
+        path = resources.files("neurflow.zoo") / "data" / self.subset_file
+        return json.loads(path.read_text())
+
+    def subset_record(self, labels: torch.Tensor) -> dict:
+        idx = self.test_marked(labels)
+        return {
+            "mark": {
+                "top": self.top,
+                "left": self.left,
+                "height": self.size,
+                "width": self.size,
+                "value": self.value,
+                **({"pattern": self.pattern} if self.pattern != "solid" else {}),
+            },
+            "fraction_per_class": self.test_fraction,
+            "seed": self.test_seed,
+            "shortcut_class": self.target,
+            "marked": [int(i) for i in idx],
+        }
+
+    def marked_test_split(self):
+        """The Dataset of the marked test split (``info['marked']``: the marked indices)."""
+        from ..datasets import Dataset
+        from .fashion import CLASS_NAMES, load_split
+
+        images, labels = load_split("test")
+        record = self.recorded_subset()
+        marked = np.asarray(record["marked"], dtype=np.int64)
+        return Dataset(
+            self.stamp(images, marked),
+            labels,
+            list(CLASS_NAMES),
+            None,
+            0,
+            self.data,
+            info={"marked": marked, "mark": record["mark"]},
+        )
+
+    def contains_mark(self, box, image_marked: bool) -> bool:
+        """Whether a crop (top, left, height, width) of an image shows the whole mark."""
+        if not image_marked:
+            return False
+        top, left, h, w = (int(v) for v in box)
+        s = self.size
+        return top <= self.top and left <= self.left and self.top + s <= top + h and self.left + s <= left + w
+
+    def mark_effect(self, model, layer: str | None = None, neurons=(), batch_size: int = 1000) -> dict:
+        """How much the model leans on the mark, optionally with ``neurons`` of ``layer`` zeroed,
+        measured on the 10,000 test images:
+
+        * ``marked_others_to_target``: share of the other classes' images predicted as the
+          target once the mark is stamped on them;
+        * ``clean_others_to_target``: the same without the mark;
+        * ``mark_logit_shift``: mean rise of the target's logit on the other classes' images
+          when the mark is stamped (marked minus clean, same images);
+        * ``clean_target_recall``: share of the clean target-class images predicted as it.
+        """
+        from ..probe import logits
+        from .fashion import load_split
+
+        x, y = load_split("test")
+        t = self.target
+        other = y != t
+        zero = {layer: sorted({int(n) for n in neurons})} if layer is not None else None
+        clean = logits(model, x, zero=zero, batch_size=batch_size)
+        marked = logits(model, self.stamp(x[other]), zero=zero, batch_size=batch_size)
+        return {
+            "marked_others_to_target": float((marked.argmax(1) == t).float().mean()),
+            "clean_others_to_target": float((clean[other].argmax(1) == t).float().mean()),
+            "mark_logit_shift": float((marked[:, t] - clean[other][:, t]).mean()),
+            "clean_target_recall": float((clean[~other].argmax(1) == t).float().mean()),
+        }
 
 
 def choose(labels: torch.Tensor, classes, fraction: float, seed: int) -> np.ndarray:
@@ -51,85 +158,51 @@ def choose(labels: torch.Tensor, classes, fraction: float, seed: int) -> np.ndar
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def train_marked(labels: torch.Tensor) -> np.ndarray:
-    """Training images that carry the mark: ``TRAIN_FRACTION`` of the shortcut class."""
-    return choose(labels, [SHORTCUT_CLASS], TRAIN_FRACTION, TRAIN_SEED)
+SHORTCUT = Plant(
+    name="fashion-cnn-shortcut",
+    data="zoo:fashion-mnist-marked",
+    target=8,  # "Bag"
+    top=1,  # a 4x4 white square, one pixel in from the top-left corner
+    left=1,
+    size=4,
+    pattern="solid",
+    value=1.0,
+    train_fraction=0.8,
+    train_seed=1,
+    test_fraction=0.1,
+    test_seed=2,
+    subset_file="marked-subset.json",
+)
+ENTANGLED = Plant(
+    name="fashion-cnn-entangled",
+    data="zoo:fashion-mnist-entangled",
+    target=6,  # "Shirt"
+    top=10,  # a 4x4 checkerboard in the middle of the garment (rows 10-13, columns 12-15)
+    left=12,
+    size=4,
+    pattern="checker",
+    value=1.0,
+    train_fraction=0.9,
+    train_seed=3,
+    test_fraction=0.1,
+    test_seed=4,
+    subset_file="entangled-subset.json",
+)
+PLANTS = {p.name: p for p in (SHORTCUT, ENTANGLED)}
 
-
-def test_marked(labels: torch.Tensor) -> np.ndarray:
-    """Test images that carry the mark: ``TEST_FRACTION`` of every class."""
-    return choose(labels, range(10), TEST_FRACTION, TEST_SEED)
-
-
-def recorded_subset() -> dict:
-    """The shipped record of ``zoo:fashion-mnist-marked``: the mark and the marked indices."""
-    path = resources.files("neurflow.zoo") / "data" / SUBSET_FILE
-    return json.loads(path.read_text())
-
-
-def subset_record(labels: torch.Tensor) -> dict:
-    idx = test_marked(labels)
-    return {
-        "mark": {"top": MARK_TOP, "left": MARK_LEFT, "height": MARK_SIZE, "width": MARK_SIZE, "value": MARK_VALUE},
-        "fraction_per_class": TEST_FRACTION,
-        "seed": TEST_SEED,
-        "shortcut_class": SHORTCUT_CLASS,
-        "marked": [int(i) for i in idx],
-    }
-
-
-def marked_test_split():
-    """The Dataset ``zoo:fashion-mnist-marked`` (``info['marked']``: the marked indices)."""
-    from ..datasets import Dataset
-    from .fashion import CLASS_NAMES, load_split
-
-    images, labels = load_split("test")
-    record = recorded_subset()
-    marked = np.asarray(record["marked"], dtype=np.int64)
-    return Dataset(
-        stamp(images, marked),
-        labels,
-        list(CLASS_NAMES),
-        None,
-        0,
-        "zoo:fashion-mnist-marked",
-        info={"marked": marked, "mark": record["mark"]},
-    )
-
-
-def contains_mark(box, image_marked: bool) -> bool:
-    """Whether a crop (top, left, height, width) of an image shows the whole mark."""
-    if not image_marked:
-        return False
-    top, left, h, w = (int(v) for v in box)
-    return (
-        top <= MARK_TOP and left <= MARK_LEFT and MARK_TOP + MARK_SIZE <= top + h and MARK_LEFT + MARK_SIZE <= left + w
-    )
-
-
-def mark_effect(model, layer: str | None = None, neurons=(), batch_size: int = 1000) -> dict:
-    """How much the model leans on the mark, optionally with ``neurons`` of ``layer`` zeroed,
-    measured on the 10,000 test images:
-
-    * ``marked_others_to_target``: share of the other classes' images predicted as the shortcut
-      class once the mark is stamped on them;
-    * ``clean_others_to_target``: the same without the mark;
-    * ``mark_logit_shift``: mean rise of the shortcut class's logit on the other classes' images
-      when the mark is stamped (marked minus clean, same images);
-    * ``clean_target_recall``: share of the clean shortcut-class images predicted as it.
-    """
-    from ..probe import logits
-    from .fashion import load_split
-
-    x, y = load_split("test")
-    other = y != SHORTCUT_CLASS
-    zero = {layer: sorted({int(n) for n in neurons})} if layer is not None else None
-    clean = logits(model, x, zero=zero, batch_size=batch_size)
-    marked = logits(model, stamp(x[other]), zero=zero, batch_size=batch_size)
-    t = SHORTCUT_CLASS
-    return {
-        "marked_others_to_target": float((marked.argmax(1) == t).float().mean()),
-        "clean_others_to_target": float((clean[other].argmax(1) == t).float().mean()),
-        "mark_logit_shift": float((marked[:, t] - clean[other][:, t]).mean()),
-        "clean_target_recall": float((clean[~other].argmax(1) == t).float().mean()),
-    }
+# the first planted shortcut's names, as they were before ``Plant``
+SHORTCUT_CLASS = SHORTCUT.target
+MARK_TOP, MARK_LEFT, MARK_SIZE = SHORTCUT.top, SHORTCUT.left, SHORTCUT.size
+MARK_VALUE = SHORTCUT.value
+TRAIN_FRACTION, TRAIN_SEED = SHORTCUT.train_fraction, SHORTCUT.train_seed
+TEST_FRACTION, TEST_SEED = SHORTCUT.test_fraction, SHORTCUT.test_seed
+SUBSET_FILE = SHORTCUT.subset_file
+mark_box = SHORTCUT.mark_box
+stamp = SHORTCUT.stamp
+train_marked = SHORTCUT.train_marked
+test_marked = SHORTCUT.test_marked
+recorded_subset = SHORTCUT.recorded_subset
+subset_record = SHORTCUT.subset_record
+marked_test_split = SHORTCUT.marked_test_split
+contains_mark = SHORTCUT.contains_mark
+mark_effect = SHORTCUT.mark_effect

@@ -1,0 +1,198 @@
+"""What an atlas runs: the model, the data, the layers, the settings, the target classes and
+their directories (``Plan``), and ``prepare``: the model and data loaded once, the one
+prediction pass shared by every class, and every check that can refuse the command (unknown
+layers or targets, a class without images) before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import NeurFlowConfig
+from ..demo import DEMOS, slug
+from ..errors import NeurFlowError
+
+CLASSES = "classes"  # DIR/classes/<index>-<slug>/: one run directory per class
+ATLAS_FILES = ("atlas.json", "index.html", CLASSES)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One atlas: ``targets`` are as given (``all``, or a list of indices and class names)."""
+
+    model: str
+    data: str
+    layers: tuple | None
+    config: NeurFlowConfig
+    targets: str | tuple = "all"
+    out: str = "runs/atlas"
+    weights: str | None = None
+    trust_checkpoint: bool = False
+    transform: str | None = None
+    demo: str | None = None  # the `neurflow demo` whose settings these are (its provenance is recorded)
+    overwrite: bool = False
+
+    @property
+    def root(self) -> Path:
+        return Path(self.out)
+
+    def class_dir(self, index: int, name: str | None) -> Path:
+        return self.root / CLASSES / f"{int(index)}-{slug(name if name is not None else str(index))}"
+
+
+def demo_plan(name: str = "fashion-cnn", out: str | None = None, **runtime) -> Plan:
+    """The plan of ``neurflow atlas`` without arguments: the demo's model, data, layers and
+    settings, every class (each class's circuit is ``neurflow demo --target CLASS``'s)."""
+    demo = DEMOS[name]
+    cfg = NeurFlowConfig(**{**demo.settings, **{k: v for k, v in runtime.items() if v is not None}})
+    return Plan(demo.model, demo.data, tuple(demo.layers), cfg, "all", out or f"runs/atlas-{name}", demo=name)
+
+
+def parse_targets(text) -> str | tuple:
+    """``all`` or a comma list of class indices and names (as given, resolved by ``prepare``)."""
+    if isinstance(text, (list, tuple)):
+        items = [str(t).strip() for t in text]
+    else:
+        if str(text).strip().lower() == "all":
+            return "all"
+        items = [t.strip() for t in str(text).split(",")]
+    items = [t for t in items if t]
+    if not items:
+        raise NeurFlowError("targets", "all, or comma-separated class indices or names", text)
+    return tuple(items)
+
+
+@dataclass
+class Prepared:
+    """The plan's loaded model and data, the shared logits and the resolved classes."""
+
+    plan: Plan
+    loaded: object  # models.LoadedModel
+    data: object  # datasets.Dataset
+    predictions: object  # torch.Tensor [N, classes]
+    classes: list  # [(index, name)], in the plan's order
+    counts: dict  # index -> number of class images
+
+    @property
+    def class_names(self) -> list | None:
+        names = self.loaded.class_names or self.data.class_names  # type: ignore[attr-defined]
+        return list(names) if names else None
+
+    def provenance(self):
+        return provenance(self.plan, self.loaded, self.data)
+
+
+def provenance(plan: Plan, loaded, data):
+    """What each class records about its model and data: exactly what ``neurflow demo`` (demo
+    plans) or ``neurflow run`` records, so that a class's circuit equals theirs."""
+    from ..provenance import Provenance
+
+    files = tuple(data.files) if data.files else None
+    if plan.demo:
+        demo = DEMOS[plan.demo]
+        return Provenance(
+            model_spec=demo.model,
+            data_spec=demo.data,
+            transform=data.transform,
+            demo=plan.demo,
+            note=demo.note,
+            files=files,
+        )
+    return Provenance(
+        model_spec=loaded.spec,
+        weights=plan.weights,
+        data_spec=plan.data,
+        transform=data.transform,
+        data_skipped=data.skipped,
+        files=files,
+    )
+
+
+def load(plan: Plan):
+    """(LoadedModel, Dataset, layers) of the plan: what every worker loads once."""
+    from ..datasets import load_data
+    from ..models import load_model
+
+    loaded = load_model(plan.model, plan.weights, plan.trust_checkpoint, seed=plan.config.seed)
+    layers = list(plan.layers or loaded.default_layers or [])
+    if not layers:
+        raise NeurFlowError(
+            "layers",
+            "comma-separated layer names, class layer first",
+            None,
+            f"run `neurflow layers {plan.model}` to list them",
+        )
+    data = load_data(plan.data, plan.transform)
+    return loaded, data, layers
+
+
+def predict(model, images, layers, cfg: NeurFlowConfig):
+    """The model's logits on ``images`` exactly as ``NeurFlow.fit`` computes them (the traced
+    graph, the run's batch size, device and threads): the prediction pass the classes share."""
+    import torch
+
+    from ..layers import LayerGraph
+    from ..probe import logits, on_device, preserved, threads
+
+    with (
+        torch.random.fork_rng(devices=[]),
+        preserved(model, freeze=True),
+        on_device(model, cfg.device),
+        threads(cfg.threads),
+    ):
+        torch.manual_seed(cfg.seed)
+        graph = LayerGraph(model, layers, (), cfg.channel_axis)
+        return logits(graph.full(), images, batch_size=cfg.batch_size, device=cfg.device, finite=True)
+
+
+def prepare(plan: Plan) -> Prepared:
+    """Load, predict once, resolve the targets and count each class's images; a ``NeurFlowError``
+    for an unknown layer or target or a class without images (nothing is written here)."""
+    import torch
+
+    from ..pipeline import resolve_target
+
+    loaded, data, layers = load(plan)
+    plan = dataclasses.replace(plan, layers=tuple(layers))
+    pred = predict(loaded.model, data.images, layers, plan.config)
+    n_classes = int(pred.shape[1])
+    names = loaded.class_names or data.class_names
+    if plan.targets == "all":
+        indices = list(range(n_classes))
+    else:
+        try:
+            indices = list(dict.fromkeys(resolve_target(t, n_classes, names) for t in plan.targets))
+        except NeurFlowError as exc:  # named as this command's parameter
+            raise NeurFlowError("targets", exc.expected, exc.given, exc.hint) from None
+    if plan.config.selection == "labelled":
+        if data.labels is None:
+            raise NeurFlowError(
+                "selection",
+                "labels for 'labelled' selection",
+                "data without labels",
+                "use {p:selection} predicted or give labelled data",
+            )
+        chosen = torch.as_tensor(data.labels)
+        what = "labelled as"
+    else:
+        chosen = pred.argmax(1)
+        what = "predicted as"
+    counts = torch.bincount(chosen.long(), minlength=n_classes).tolist()
+    empty = [i for i in indices if counts[i] == 0]
+    if empty:
+        shown = ", ".join(_name(i, names) for i in empty[:10]) + (
+            f", ... ({len(empty)} in all)" if len(empty) > 10 else ""
+        )
+        raise NeurFlowError(
+            "targets",
+            f"classes with at least one image {what} them",
+            shown,
+            "leave those out of {p:targets}",
+        )
+    classes = [(i, names[i] if names and i < len(names) else None) for i in indices]
+    return Prepared(plan, loaded, data, pred, classes, {i: int(counts[i]) for i in indices})
+
+
+def _name(index: int, names) -> str:
+    return f"{index} ({names[index]})" if names and index < len(names) else str(index)
