@@ -234,30 +234,14 @@ def cmd_layers(args) -> int:
 
 def cmd_run(args) -> int:
     from .config import NeurFlowConfig
-    from .datasets import load_data
-    from .models import load_model
+    from .inputs import load_inputs, run_provenance
     from .pipeline import NeurFlow
-    from .provenance import Provenance
 
     cfg = from_flags(NeurFlowConfig, args)
-    loaded = load_model(args.model, args.weights, args.trust_checkpoint, seed=cfg.seed)
-    layers = _names(args.layers) or loaded.default_layers
-    if not layers:
-        raise NeurFlowError(
-            "layers",
-            "comma-separated layer names, class layer first",
-            None,
-            f"run `neurflow layers {args.model}` to list them",
-        )
-    data = load_data(args.data, args.transform)
-    prov = Provenance(
-        model_spec=loaded.spec,
-        weights=args.weights,
-        data_spec=args.data,
-        transform=data.transform,
-        data_skipped=data.skipped,
-        files=tuple(data.files) if data.files else None,
+    loaded, data, layers = load_inputs(
+        args.model, args.weights, args.trust_checkpoint, cfg.seed, _names(args.layers), args.data, args.transform
     )
+    prov = run_provenance(loaded, args.weights, args.data, data)
     nf = NeurFlow(cfg).fit(
         loaded.model,
         data.images,

@@ -99,32 +99,17 @@ def provenance(plan: Plan, loaded, data):
             note=demo.note,
             files=files,
         )
-    return Provenance(
-        model_spec=loaded.spec,
-        weights=plan.weights,
-        data_spec=plan.data,
-        transform=data.transform,
-        data_skipped=data.skipped,
-        files=files,
-    )
+    from ..inputs import run_provenance
+
+    return run_provenance(loaded, plan.weights, plan.data, data)
 
 
 def load(plan: Plan):
     """(LoadedModel, Dataset, layers) of the plan: what every worker loads once."""
-    from ..datasets import load_data
-    from ..models import load_model
+    from ..inputs import load_inputs
 
-    loaded = load_model(plan.model, plan.weights, plan.trust_checkpoint, seed=plan.config.seed)
-    layers = list(plan.layers or loaded.default_layers or [])
-    if not layers:
-        raise NeurFlowError(
-            "layers",
-            "comma-separated layer names, class layer first",
-            None,
-            f"run `neurflow layers {plan.model}` to list them",
-        )
-    data = load_data(plan.data, plan.transform)
-    return loaded, data, layers
+    return load_inputs(plan.model, plan.weights, plan.trust_checkpoint, plan.config.seed, plan.layers, plan.data,
+                       plan.transform)  # fmt: skip
 
 
 def predict(model, images, layers, cfg: NeurFlowConfig):
