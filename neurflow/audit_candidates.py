@@ -86,16 +86,21 @@ def exemplars(layer: Layer, cand: dict, limit: int = 12) -> list[int]:
     )
 
 
-def _segment(model, upper: str, lower: str, x: torch.Tensor, reference: torch.Tensor, batch_size: int, device):
-    """(prefix outputs on ``x``, segment) when the model's output equals the ``upper`` layer's
-    output fed from ``lower`` (checked on ``x`` against ``reference``), else None."""
+def _graph(model, upper: str, lower: str, channel_axis: str):
+    """The two layers' graph (the run's ``--channel-axis``), or None where they do not slice."""
     from .layers import LayerGraph
 
     try:
-        graph = LayerGraph(model, [upper, lower])
-        prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
+        return LayerGraph(model, [upper, lower], channel_axis=channel_axis)
     except NeurFlowError:
         return None
+
+
+def _segment(graph, upper: str, lower: str, x: torch.Tensor, reference: torch.Tensor, batch_size: int, device):
+    """(prefix outputs on ``x``, segment) when the model's output equals the ``upper`` layer's
+    output fed from ``lower`` (checked on ``x`` against ``reference``), else None."""
+    model = graph.model
+    prefix, segment = graph.prefix(lower, upper), graph.segment(lower, upper)
     if graph.axes.get(lower) == -1:  # channels-last output: let the hooks find the channels
         return None
     parts: list = []
@@ -120,13 +125,24 @@ def _run(segment, acts: list, mask: torch.Tensor | None, batch_size: int, device
 
 
 def zeroed_logits(
-    model, class_layer: str, layer: str, x: torch.Tensor, reference: torch.Tensor, sets: list, batch_size: int, device
+    model,
+    class_layer: str,
+    layer: str,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    sets: list,
+    batch_size: int,
+    device,
+    channel_axis: str = "auto",
 ):
-    """Yield the model's logits on ``x`` with each channel set of ``sets`` zeroed at ``layer``."""
-    fast = _segment(model, class_layer, layer, x, reference, batch_size, device)
+    """Yield the model's logits on ``x`` with each channel set of ``sets`` zeroed at ``layer``
+    (its channels where ``channel_axis``, the run's setting, puts them)."""
+    graph = _graph(model, class_layer, layer, channel_axis)
+    fast = _segment(graph, class_layer, layer, x, reference, batch_size, device) if graph else None
     if fast is None:
+        axes = graph.axes if graph else None
         for s in sets:
-            yield logits(model, x, {layer: s}, batch_size=batch_size, device=device)
+            yield logits(model, x, {layer: s}, batch_size=batch_size, device=device, axes=axes)
         return
     acts, segment = fast
     masks = masks_for(sets, acts[0].shape[1 if acts[0].ndim != 3 else -1])

@@ -41,6 +41,16 @@ FP_EXEMPLAR_ROWS = 10  # rows that get false-positive exemplars
 FP_EXEMPLARS = 5  # crops per row, from distinct false positives
 
 
+def _axes(model, layers, channel_axis: str) -> dict | None:
+    """Where each analysed layer's channels lie (``LayerGraph.axes``, honouring ``--channel-axis``)."""
+    from .layers import LayerGraph
+
+    try:
+        return LayerGraph(model, layers, channel_axis=channel_axis).axes
+    except NeurFlowError:
+        return None
+
+
 def split(pred: torch.Tensor, labels: torch.Tensor, target: int, max_images: int, seed: int):
     """(false-positive indices, true-positive indices, totals), each sampled to ``max_images``."""
     fp = ((pred == target) & (labels != target)).nonzero().flatten().numpy()
@@ -130,6 +140,7 @@ def audit(
     device = device or circuit.config.device
     t = circuit.target
     names = [l.name for l in circuit.layers]
+    channel_axis = circuit.config.channel_axis
     chosen = list(layers) if layers else names[1:]
     for name in chosen:
         if name not in names[1:]:
@@ -163,7 +174,8 @@ def audit(
         per_layer.append((layer, layer_candidates(layer, keys, vectors, max_candidates)))
     bar = progress(total=sum(len(c) for _, c in per_layer), desc="audit", quiet=quiet, unit="candidate")
     for layer, cands in per_layer:
-        outs = zeroed_logits(model, names[0], layer.name, x, ref, [c["neurons"] for c in cands], batch_size, device)
+        sets = [c["neurons"] for c in cands]
+        outs = zeroed_logits(model, names[0], layer.name, x, ref, sets, batch_size, device, channel_axis)
         for cand, out in zip(cands, outs):
             rows.append(
                 {
@@ -179,11 +191,13 @@ def audit(
             bar.update(1)
     bar.close()
     rows.sort(key=rank_key(names))
+    axes = _axes(model, circuit.layer_names, channel_axis)
     for m in range(1, min(JOINT_TOP, len(rows)) + 1):
         zero: dict = {}
         for r in rows[:m]:
             zero.setdefault(r["layer"], set()).update(r["neurons"])
-        out = logits(model, x, {k: sorted(v) for k, v in zero.items()}, batch_size=batch_size, device=device)
+        joint = {k: sorted(v) for k, v in zero.items()}
+        out = logits(model, x, joint, batch_size=batch_size, device=device, axes=axes)
         still = (out.argmax(1) == t).numpy()
         rows[m - 1]["joint_fp_fixed"] = float(1 - still[:nf].mean())
         rows[m - 1]["joint_tp_kept"] = float(still[nf:].mean())

@@ -189,3 +189,22 @@ def test_zeroing_follows_the_given_channel_axis():
     h.remove()
     assert torch.allclose(logits(model, x, zero={"stem": [1, 4]}, axes=graph.axes), want, atol=1e-6)
     assert not torch.allclose(logits(model, x, zero={"stem": [1, 4]}), want, atol=1e-6)  # what it did before
+
+
+def test_audit_zeroing_follows_the_given_channel_axis():
+    """The audit's batched zeroing of a layer whose axis only ``--channel-axis`` says."""
+    from neurflow.audit_candidates import zeroed_logits
+    from neurflow.probe import logits
+
+    torch.manual_seed(0)
+    model, x = ChannelsLastNet(opaque=True).eval(), torch.rand(2, 3, 16, 16)
+    ref = logits(model, x)
+    want = []
+    for chans in ([1, 4], [0]):
+        h = model.stem.register_forward_hook(lambda m, a, o, c=chans: o.index_fill(-1, torch.tensor(c), 0))
+        with torch.no_grad():
+            want.append(model(x))
+        h.remove()
+    got = list(zeroed_logits(model, "head", "stem", x, ref, [[1, 4], [0]], 2, "cpu", channel_axis="-1"))
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-6)
