@@ -43,7 +43,7 @@ test: venv
 test-fast: venv
 	$(call run_pytest,-m "not slow")
 
-# ruff (lint + format check, line length 120, settings in pyproject.toml) and mypy on the core modules
+# ruff (lint + format check, line length 120, settings in pyproject.toml) and mypy on the whole package
 lint: venv
 	$(VENV)/bin/ruff check neurflow tests scripts benchmarks examples
 	$(VENV)/bin/ruff format --check neurflow tests scripts benchmarks examples
@@ -57,9 +57,9 @@ format: venv
 demo: venv-demo
 	$(VENV)/bin/neurflow demo
 
-# the issue-13 workloads, each ours vs the published algorithm in one invocation (plus --ig-steps auto
-# against 50 steps), the adaptive rule on the fashion workload, then the start time of every command,
-# median of 3 (docs/performance.md)
+# the three benchmark workloads (fashion, resnet18, efficientnet), each ours vs the published algorithm in
+# one invocation (plus --ig-steps auto against 50 steps), the adaptive rule on the fashion workload, then
+# the start time of every command, median of 3 (docs/performance.md)
 bench: venv
 	mkdir -p benchmarks/results
 	for w in fashion resnet18 efficientnet; do \

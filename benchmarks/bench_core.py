@@ -291,7 +291,7 @@ def run_baseline(size, n_images, weights, target, tau, top_k, ig_steps, batch_si
     from captum.attr import IntegratedGradients
     from torch import nn
 
-    from neurflow.crops import CropPool
+    from neurflow.method.crops import CropPool
 
     def spatial(t):  # the published _wrapper
         if t.ndim == 4:
@@ -390,8 +390,8 @@ def make_named(workload: str):
     """(model, images, target, layers, settings) of a named workload."""
     import torch
 
-    from neurflow.datasets import load_data
-    from neurflow.models import load_model
+    from neurflow.sources.datasets import load_data
+    from neurflow.sources.models import load_model
 
     if workload == "fashion":  # the issue's settings: the demo's before it took the adaptive rule
         model = load_model("zoo:fashion-cnn").model
@@ -450,9 +450,10 @@ def run_baseline_named(workload: str, batch_size: int, batch_size_ig: int = 128,
     from captum.attr import IntegratedGradients
     from torch import nn
 
-    from neurflow.crops import CropPool
-    from neurflow.layers import LayerGraph
-    from neurflow.probe import preserved, response
+    from neurflow._state import preserved
+    from neurflow.method.crops import CropPool
+    from neurflow.neurons import response
+    from neurflow.slicing import LayerGraph
 
     model, images, target, layers, settings = make_named(workload)
     tau, top_k, steps = settings["tau"], settings["top_k"], settings["ig_steps"]

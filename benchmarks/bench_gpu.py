@@ -3,7 +3,7 @@
 
 Workload: torchvision ResNet50, seeded random weights with random BatchNorm statistics
 (``bn-perturbed``, as ``bench_core.make_workload``), 50 random images at 224 px, the paper's layer
-list (``neurflow.models.PAPER_LAYERS["resnet50"]``), tau 16, k 50, 50 IG steps.
+list (``neurflow.sources.torchvision.PAPER_LAYERS["resnet50"]``), tau 16, k 50, 50 IG steps.
 
 * ours: ``NeurFlow(...).fit(..., device)``, the whole pipeline, timed with the device synchronised;
 * baseline: the published algorithm (whole pool on the device, netA re-run per layer, one captum
@@ -45,7 +45,7 @@ def workload(smoke: bool):
     import torchvision
     from bench_core import perturb_bn
 
-    from neurflow.models import PAPER_LAYERS
+    from neurflow.sources.torchvision import PAPER_LAYERS
 
     torch.manual_seed(0)
     arch = "resnet18" if smoke else "resnet50"
@@ -77,9 +77,10 @@ def run_baseline(device: str, smoke: bool, cores: dict, budget: float, batch_siz
     import torch
     from captum.attr import IntegratedGradients
 
-    from neurflow.crops import CropPool
-    from neurflow.layers import LayerGraph
-    from neurflow.probe import preserved, response
+    from neurflow._state import preserved
+    from neurflow.method.crops import CropPool
+    from neurflow.neurons import response
+    from neurflow.slicing import LayerGraph
 
     model, images, target, layers, s = workload(smoke)
     model = model.to(device)

@@ -1,7 +1,12 @@
 """neurflow: NeurFlow circuits (ICLR 2025) for any PyTorch image classifier.
 
 The public API is what this module exports (``__all__``); the README uses nothing else.  The
-submodules are internal: their names may change between releases.
+subpackages are the pipeline's stages; imports only point down this order (tests/test_architecture.py):
+the base modules here (``errors``, ``config``, ``options``, ``circuit``, ``neurons``, ``_state`` ...),
+``store`` (the artifact on disk), ``sources`` (specs -> model and images; the ``zoo`` plugin),
+``slicing`` (the model cut by layer names), ``attribution`` (integrated gradients), ``method`` (the
+algorithm, ``NeurFlow``), ``analysis`` (what is done with a finished run), ``demo`` and ``atlas``,
+then ``cli``.  Their modules are internal: names may change between releases.
 
 * ``NeurFlow(**settings).fit(model, images, target, layers)`` -> ``.circuit_``, a ``Circuit``;
   settings are the fields of ``NeurFlowConfig``; ``fit(out=DIR)`` saves and resumes a run.
@@ -9,6 +14,7 @@ submodules are internal: their names may change between releases.
   its model and data (loaded when needed) for ``debug_image``, ``audit``, ``label_run``,
   ``run_eval`` and ``write_report``.
 * ``layer_names(model)`` lists the layers a model offers; ``summary(circuit)`` is ``neurflow show``.
+* ``register_model_scheme`` / ``register_data_scheme`` add ``NAME:...`` spec schemes (plugins).
 * User mistakes raise ``NeurFlowError`` (one line naming the parameter).
 """
 
@@ -24,22 +30,24 @@ from .provenance import Provenance
 
 # name -> "module:attribute", imported on first use (keeps `import neurflow` light and acyclic)
 _LAZY = {
-    "NeurFlow": "pipeline:NeurFlow",
-    "load": "artifact:load",
-    "RunStore": "artifact:RunStore",
-    "Run": "run:Run",
+    "NeurFlow": "method.estimator:NeurFlow",
+    "load": "store.layout:load",
+    "RunStore": "store.runstore:RunStore",
+    "Run": "analysis.run:Run",
     "Reopen": "options:Reopen",
-    "layer_names": "layers:layer_names",
-    "debug_image": "debug:debug_image",
-    "audit": "auditing:audit",
-    "label_run": "labels:label_run",
-    "get_labeler": "labels:get_labeler",
-    "run_eval": "evaluate:run_eval",
+    "layer_names": "slicing.trace:layer_names",
+    "debug_image": "analysis.debug:debug_image",
+    "audit": "analysis.audit:audit",
+    "label_run": "analysis.labels:label_run",
+    "get_labeler": "analysis.labels:get_labeler",
+    "run_eval": "analysis.evaluate:run_eval",
     "EvalOptions": "options:EvalOptions",
-    "write_report": "report:write_report",
-    "summary": "show:summary",
-    "load_model": "models:load_model",
-    "load_data": "datasets:load_data",
+    "write_report": "analysis.report:write_report",
+    "summary": "analysis.summary:summary",
+    "load_model": "sources.models:load_model",
+    "load_data": "sources.datasets:load_data",
+    "register_model_scheme": "sources.schemes:register_model_scheme",
+    "register_data_scheme": "sources.schemes:register_data_scheme",
 }
 
 __all__ = [

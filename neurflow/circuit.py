@@ -14,8 +14,12 @@ from typing import Mapping
 
 import numpy as np
 
+from .config import COMPLETENESS_WARN_RELATIVE, NeurFlowConfig
+from .errors import unknown_name
+from .provenance import Provenance
 
-def _frozen_map(d) -> Mapping:
+
+def frozen_map(d) -> Mapping:
     return MappingProxyType(dict(d))
 
 
@@ -47,8 +51,8 @@ class SubConcept:
             tuple(d["exemplars"]),
             tuple(d["display_exemplars"]),
             float(d["activation"]),
-            _frozen_map((int(k), float(v)) for k, v in d["weights"].items()),
-            _frozen_map((int(k), float(v)) for k, v in d.get("raw_weights", {}).items()),
+            frozen_map((int(k), float(v)) for k, v in d["weights"].items()),
+            frozen_map((int(k), float(v)) for k, v in d.get("raw_weights", {}).items()),
             d.get("group"),
         )
 
@@ -105,8 +109,8 @@ class Group:
             d["id"],
             tuple(tuple(m) for m in d["members"]),
             tuple(d["neurons"]),
-            _frozen_map(label) if label is not None else None,
-            _frozen_map(d["relation"]) if d.get("relation") is not None else None,
+            frozen_map(label) if label is not None else None,
+            frozen_map(d["relation"]) if d.get("relation") is not None else None,
         )
 
     @property
@@ -140,13 +144,13 @@ class Layer:
         return cls(
             d["name"],
             d["lower"],
-            _frozen_map((int(k), Node.from_json(int(k), v)) for k, v in d["nodes"].items()),
+            frozen_map((int(k), Node.from_json(int(k), v)) for k, v in d["nodes"].items()),
             tuple(Group.from_json(g) for g in d.get("groups", [])),
-            _frozen_map(
-                (int(a), _frozen_map((int(b), float(w)) for b, w in row.items()))
+            frozen_map(
+                (int(a), frozen_map((int(b), float(w)) for b, w in row.items()))
                 for a, row in d.get("group_edges", {}).items()
             ),
-            _frozen_map(d.get("completeness_gap", {})),
+            frozen_map(d.get("completeness_gap", {})),
             float(d.get("seconds", 0.0)),
         )
 
@@ -188,8 +192,6 @@ class Circuit:
     def config(self):
         """The run's ``NeurFlowConfig`` (settings not recorded take the config's defaults, except
         ``trace_rule``: circuits saved before it existed were traced by the ``sum`` rule)."""
-        from .config import NeurFlowConfig
-
         return NeurFlowConfig.from_dict({"trace_rule": "sum", **dict(self.settings)})
 
     @property
@@ -200,16 +202,12 @@ class Circuit:
     @property
     def provenance(self):
         """The run's typed ``Provenance`` (read from ``meta``)."""
-        from .provenance import Provenance
-
         return Provenance.from_meta(self.meta)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        from .errors import unknown_name
-
         raise unknown_name("layer", name, [l.name for l in self.layers])
 
     def concept_vector(self, layer: str, neuron: int, sub_concept: int) -> np.ndarray:
@@ -234,9 +232,9 @@ class Circuit:
             tuple(Layer.from_json(l) for l in d["layers"]),
             d["input_layer"],
             tuple((t["layer"], tuple(t["groups"])) for t in d.get("trace", [])),
-            _frozen_map(d.get("settings", {})),
-            _frozen_map(d.get("meta", {})),
-            _frozen_map(arrays or {}),
+            frozen_map(d.get("settings", {})),
+            frozen_map(d.get("meta", {})),
+            frozen_map(arrays or {}),
         )
 
 
@@ -248,3 +246,27 @@ def _plain(x):
     if isinstance(x, np.generic):
         return x.item()
     return x
+
+
+# -- warnings read from a layer's completeness facts -------------------------------------------
+# one wording for the run, ``neurflow show`` and the report: a relative completeness gap above
+# ``COMPLETENESS_WARN_RELATIVE`` (integrated gradients missed part of h(A) - h(0), typically behind a
+# normalisation layer; see docs/method.md) and nodes whose attributions are all zero (their core sets
+# are then only the tie order)
+def gap_warnings(facts: Mapping, threshold: float = COMPLETENESS_WARN_RELATIVE) -> list[str]:
+    """The warnings for one layer's ``completeness_gap`` facts (empty when there is nothing to say)."""
+    out = []
+    rel = facts.get("relative")
+    if isinstance(rel, (int, float)) and rel > threshold:
+        out.append(
+            f"relative completeness gap {rel:.3g} is above {threshold:g}: the attributions miss part of "
+            "h(A) - h(0), so the core sets may be wrong (a LayerNorm/GroupNorm between the two layers "
+            "differentiated through under --norm-rule plain, or too few --ig-steps; see docs/method.md)"
+        )
+    zero = facts.get("zero_attribution_nodes")
+    if isinstance(zero, (int, float)) and zero > 0:
+        out.append(
+            f"{int(zero)} node(s) with all-zero attributions: their core sets are only the tie order "
+            "(e.g. a zero-initialised head with untrained weights)"
+        )
+    return out

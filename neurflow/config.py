@@ -147,7 +147,9 @@ class NeurFlowConfig:
     seed: int = _setting(0, "random seed")
 
     def __post_init__(self):
-        object.__setattr__(self, "granularities", tuple(float(g) for g in self.granularities))
+        g = self.granularities
+        if not (isinstance(g, tuple) and all(type(v) is float for v in g)):  # kept as given when it is one
+            object.__setattr__(self, "granularities", tuple(float(v) for v in g))
         if isinstance(self.n_groups, list):
             object.__setattr__(self, "n_groups", tuple(self.n_groups))
         self.validate()
@@ -239,13 +241,17 @@ class NeurFlowConfig:
             d.pop(key)
         if self.ig_steps != "auto":  # only read by --ig-steps auto
             d.pop("ig_tol")
-        if self.channel_axis == "auto":  # the default: runs from before the setting keep their identity
-            d.pop("channel_axis")
-        if self.norm_rule == "frozen":  # the default; a model without such normalisations is unaffected
-            d.pop("norm_rule")
-        if self.precision == "fp32":  # the exact default: runs from before the setting keep their identity
-            d.pop("precision")
+        # at their defaults, settings added later leave a run's identity as it was before them
+        # (channel_axis, precision: the exact default; norm_rule: a model without such normalisations
+        # is unaffected)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in ("channel_axis", "norm_rule", "precision"):
+            if getattr(self, key) == defaults[key]:
+                d.pop(key)
         return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+DEFAULTS = NeurFlowConfig()  # the defaults, for the functions that take one of the settings as a parameter

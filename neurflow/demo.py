@@ -1,22 +1,25 @@
-"""``neurflow demo``: the whole pipeline on an embedded model and real data, offline.
+"""``neurflow demo``: the whole pipeline on an embedded model and real data, offline (``DEMOS``;
+docs/zoo.md says why these settings).
 
-``fashion-cnn`` (default): zoo:fashion-cnn on the 10,000 Fashion-MNIST test images, the paper's
-settings adapted to 28-pixel images:
+``fashion-cnn`` (default): zoo:fashion-cnn on the 10,000 Fashion-MNIST test images, class
+*Sneaker*, the paper's settings adapted to 28-pixel images:
 
 * granularities 1, 0.75, 0.5 (not 1, 0.5, 0.25): a quarter of 28 px is a 7-pixel crop, too small
   to show a recognisable part of a garment; three-quarter and half crops (21 and 14 px, 14 crops
   per image) show parts such as a sole, a heel or a collar;
-* tau 8 (not 16): the analysed blocks have 128 channels, and with 16 the second layer down
-  would already hold nearly all of them (1 -> 16 -> ~120), which says little; 8 keeps the
-  circuit selective (1 -> 8 -> ~25 -> ~40);
-* k 50, 50 IG steps, at most 5 sub-concepts, L1 edge weights: as in the paper;
-* layers head, block4, block3, block2 with block1 as the input layer (every block).
+* the paper's adaptive rule with eps 0.2 and tau 8 as its cap (not a fixed tau 16): with a fixed
+  tau the node sets saturate going down, so masking the circuit and masking as many random
+  neurons destroy the class alike; the adaptive rule keeps every layer's node set selective;
+* layers head, block4, block3 with block2 as the input layer: block1's generic edge and contrast
+  filters are shared by everything, so a circuit there is not selective by nature;
+* k 50, 50 IG steps, at most 5 sub-concepts, L1 edge weights: as in the paper; batch size 256
+  (28-px crops are small; a runtime setting that never changes the circuit).
 
 ``efficientnet-lite0``: zoo:efficientnet-lite0 (ImageNet-pretrained) on zoo:photos, a reduced
-circuit: layers _fc, _conv_head, _blocks.15 with _blocks.14 as the input layer, tau 8, k 20 and
-the paper's granularities.  Only the photos predicted as the target are used (by default
-scikit-image's coffee cup, predicted as espresso), so it is a few-image illustration, not an
-explanation of the class.
+circuit: layers net._fc, net._conv_head, net._blocks.15 with net._blocks.14 as the input layer,
+tau 8, k 20, 50 IG steps and the paper's granularities.  Only the photos predicted as the target
+are used (by default *espresso*: scikit-image's coffee cup), so it is a few-image illustration,
+not an explanation of the class.
 """
 
 from __future__ import annotations
@@ -78,10 +81,10 @@ def run_demo(
 ):
     """Run a demo; returns (fitted NeurFlow, output directory, wall seconds, Demo).  ``runtime``:
     settings that do not change the circuit (``device``, ``threads``, ``batch_size``, ``engine``)."""
-    from .datasets import load_data
-    from .models import load_model
-    from .pipeline import NeurFlow
-    from .provenance import Provenance
+    from .method import NeurFlow  # lazy: the parser reads DEMOS without torch
+    from .provenance import Provenance  # lazy: the parser reads DEMOS without torch
+    from .sources.datasets import load_data  # lazy: the parser reads DEMOS without torch
+    from .sources.models import load_model  # lazy: the parser reads DEMOS without torch
 
     name = model[4:] if model.startswith("zoo:") else model
     if name not in DEMOS:
@@ -101,16 +104,7 @@ def run_demo(
         note=demo.note,
         files=tuple(data.files) if data.files else None,
     )
-    nf = NeurFlow(cfg).fit(
-        loaded.model,
-        data.images,
-        target,
-        list(demo.layers),
-        labels=data.labels,
-        class_names=loaded.class_names or data.class_names,
-        out=out,
-        overwrite=overwrite,
-        quiet=quiet,
-        provenance=prov,
+    nf = NeurFlow(cfg).fit_loaded(
+        loaded, data, target, list(demo.layers), out=out, overwrite=overwrite, quiet=quiet, provenance=prov
     )
     return nf, out, time.perf_counter() - t0, demo

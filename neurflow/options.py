@@ -4,7 +4,9 @@
 the parser reads must import in a blink: this module, ``config.py``, ``demo.py``, the scheme
 registries (``schemes.py``) and the labeler registry (``labels/__init__.py``) import neither torch
 nor scipy nor scikit-learn (``tests/test_start.py`` checks it).  The classes are re-exported where
-they are used: ``run.Reopen`` and ``evaluate.Options``.
+they are used: ``run.Reopen`` and ``evaluate.Options``.  ``DebugOptions``, ``AuditOptions``,
+``LabelOptions`` and ``AtlasOptions`` hold the defaults of ``debug_image``, ``audit``,
+``label_run`` and ``run_atlas`` (the functions read them from here) and the help of their flags.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from .errors import NeurFlowError
 # presets of image folders (``datasets.load_data``)
 TRANSFORMS = ("imagenet", "none")
 
-# the experiments of ``neurflow eval``, in the order ``all`` runs them (the functions: ``evaluate.EXPERIMENTS``)
+# how ``neurflow debug`` ranks and thresholds the groups (``debug.score_groups``)
+SCORES = ("published", "clipped")
+# which groups ``neurflow label`` labels (None: the labeler's ``default_groups``)
+LABEL_GROUPS = ("traced", "all")
+
+# the experiments of ``neurflow eval``, in the order ``all`` runs them: the one list of their names
+# (``analysis.evaluate.EXPERIMENTS`` and ``PAPER_IDS`` follow it, and refuse to import when they differ)
 EXPERIMENT_NAMES = (
     "fidelity",
     "mct",
@@ -33,6 +41,15 @@ EXPERIMENT_NAMES = (
 
 def _opt(help: str, **kw):  # noqa: A002
     return field(metadata={"help": help}, **kw)
+
+
+def _option(default, help: str, choices: tuple | None = None, parse=None, metavar: str | None = None):  # noqa: A002
+    """An option: its default and its help text live here, the CLI flag is generated from both
+    (``parse``: how the flag's text becomes the value, when the type alone does not say;
+    ``metavar``: the flag's value as the help shows it).  A help text that says its default
+    itself (``default`` in it, ``%(default)s`` where it names the value) gets no ``(default: ...)``."""
+    flag = {"choices": choices, "parse": parse, "metavar": metavar}
+    return field(default=default, metadata={"help": help, **{k: v for k, v in flag.items() if v is not None}})
 
 
 @dataclass(frozen=True)
@@ -81,3 +98,84 @@ class EvalOptions:
     def key(self, *names) -> dict:
         d = self.__dict__
         return {n: (list(d[n]) if isinstance(d[n], tuple) else d[n]) for n in names}
+
+
+@dataclass(frozen=True)
+class DebugOptions:
+    """``debug_image``'s options: the flags of ``neurflow debug`` besides ``--image`` (``json`` is the
+    command's own: how it prints the result)."""
+
+    layer: str | None = _option(None, "layer of the circuit to score (default: the highest below the class layer)")
+    threshold: float = _option(0.8, "strong groups and triggering crops")
+    score: str = _option(
+        "published", "rank and threshold by the published (unbounded) or the clipped score", choices=SCORES
+    )
+    representatives: int | str | None = _option(
+        5,  # the published num_top_vecs
+        "score each group on its N members nearest the group centre, or all (default: %(default)s, as published)",
+        parse=str,  # a count or "all", read by ``debug.representatives_count``
+        metavar="N|all",
+    )
+    json: bool = _option(False, "print the JSON result instead of the text summary")
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """``audit``'s options: the flags of ``neurflow audit`` (``layers`` is comma-separated there, the
+    command splits it; ``json`` is the command's own)."""
+
+    max_images: int = _option(256, "false positives and true positives each sampled to at most this many")
+    layers: str | None = _option(
+        None, "comma-separated layers of the circuit to audit (default: all below the class layer)"
+    )
+    seed: int = _option(0, "seed of the sampling")
+    max_candidates: int = _option(
+        256,
+        "per layer, at most this many sub-clusters of the groups' Ward tree (sub-groups down to single neurons) "
+        "audited besides the groups, biggest first",
+    )
+    json: bool = _option(False, "print the JSON result instead of the ranked table")
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """``label_run``'s options: the flags of ``neurflow label`` besides ``--labeler`` and the
+    labelers' own (those come from the labeler registry).  ``no_check`` / ``no_relations`` are
+    ``label_run``'s ``check`` / ``relations`` negated; ``layers`` is comma-separated, ``json`` and
+    ``quiet`` are the command's own (the library is quiet unless told otherwise)."""
+
+    groups: str | None = _option(
+        None, "label the traced groups or every group (default: traced for vlm, all otherwise)", choices=LABEL_GROUPS
+    )
+    layers: str | None = _option(None, "comma-separated layers to label (default: every layer below the class layer)")
+    no_check: bool = _option(False, "skip the caption check")
+    no_relations: bool = _option(False, "skip the relation captions (vlm)")
+    seed: int = _option(0, "seed of the check's random crops")
+    json: bool = _option(False, "print the labels as JSON")
+    quiet: bool = _option(False, "no progress bars")
+
+
+@dataclass(frozen=True)
+class AtlasOptions:
+    """``run_atlas``'s options and the atlas's own flags of ``neurflow atlas`` (besides the model and
+    data specs and the method settings, ``NeurFlowConfig``'s): ``targets`` and ``layers`` are
+    comma-separated there (``plan.parse_targets``), ``threads_per_worker`` / ``gpus_per_worker`` are
+    ``run_atlas``'s ``threads`` / ``gpus``."""
+
+    targets: str = _option("all", "all (default), or comma-separated class indices or names, e.g. 3,5,Bag")
+    layers: str | None = _option(
+        None, "comma-separated layer names, top down: class layer first, lowest input layer last"
+    )
+    out: str | None = _option(None, "default: runs/atlas-fashion-cnn for the demo", metavar="DIR")
+    overwrite: bool = _option(False, "replace different runs in the class directories")
+    quiet: bool = _option(False, "no progress bar")
+    workers: int | None = _option(
+        None,
+        "Ray workers, each computing one class at a time (default: the CPUs over --threads-per-worker); "
+        "0: serially in this process, without Ray",
+    )
+    threads_per_worker: int | None = _option(None, "torch threads of each worker (default: 1; serial: all)")
+    gpus_per_worker: float = _option(0.0, "GPUs each worker reserves")
+    ray_address: str | None = _option(
+        None, "join a running Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)"
+    )

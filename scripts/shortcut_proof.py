@@ -21,8 +21,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from neurflow.artifact import RunDir, atomic_write  # noqa: E402
-from neurflow.shortcut_proof import PLANTS, audit_proof  # noqa: E402
+from neurflow.analysis.shortcut_proof import PLANTS, audit_proof  # noqa: E402
+from neurflow.store import RunDir, atomic_write  # noqa: E402
 
 RUNS = {
     "shortcut": (("fashion-cnn-shortcut", "shortcut"), ("fashion-cnn", "shortcut")),
@@ -46,7 +46,7 @@ def figure(proof: str, results: dict, dirs: dict, path: str) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from neurflow.datasets import load_data
+    from neurflow.sources.datasets import load_data
 
     fig = plt.figure(figsize=(13, 2.4 + 2.2 * len(results)))
     ax = fig.add_axes([0.06, 0.14, 0.36, 0.74])

@@ -32,7 +32,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from neurflow.artifact import atomic_write  # noqa: E402
+from neurflow.analysis.shortcut_proof import mark_effect  # noqa: E402
+from neurflow.store import atomic_write  # noqa: E402
 from neurflow.zoo import shortcut  # noqa: E402
 from neurflow.zoo.fashion import CLASS_NAMES, DEBIAN_DIR, FashionCNN, load_split  # noqa: E402
 
@@ -174,7 +175,7 @@ def write_shortcut(args, plant, model, weights: bytes, acc: float, seconds: floa
         title = "an entangled planted shortcut"
         from neurflow.zoo.fashion import fashion_cnn
 
-        base = plant.mark_effect(fashion_cnn())["clean_target_recall"]
+        base = mark_effect(plant, fashion_cnn())["clean_target_recall"]
         note = f"""
 The mark is entangled with the class: with {plant.train_fraction:.0%} of the *{name}* training images marked, the model
 learnt *{name}* mostly as "the checkerboard" (only {pct["clean_target_recall"]} of the clean *{name}* test images are

@@ -1,4 +1,8 @@
+import importlib
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,6 +32,52 @@ class SkipNet(nn.Module):
 
 
 SKIP_LAYERS = ["head", "block3", "block2", "block1"]
+
+
+def skipnet_zeroed(model, x, idx):
+    """SkipNet's forward written out, block3 channels ``idx`` zeroed: the ablation oracle."""
+    s = model.stem(x)
+    b = model.block2(model.block1(s)) + s
+    c = model.block3(b).clone()
+    c[:, idx] = 0
+    return model.head(c.mean((2, 3)))
+
+
+def import_oracle(module: str):
+    """The independent implementation a test compares against (captum, torchvision), imported.
+
+    Where it is not installed the test is skipped, except under CI (the environment variable ``CI``
+    set, as ``.ci/run`` does), where that is a failure: a CI without the oracle must not pass."""
+    if os.environ.get("CI", "") in ("", "0", "false"):
+        return pytest.importorskip(module)
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"CI is set but the oracle {module} cannot be imported ({exc}): pip install -e '.[test]'")
+
+
+def one_line(argv, capsys=None, *, warnings: bool = False) -> str:
+    """A CLI failure is one clear line: ``neurflow ARGV`` exits 2 and writes exactly one line to
+    stderr, ``neurflow: error: ...`` (no traceback, nothing else); returns that line.
+
+    With ``capsys``: ``neurflow.cli.main`` in this process; without: ``python -m neurflow.cli`` in a
+    fresh one (what a shell user sees, start-up included).  ``warnings``: other lines (such as
+    "skipped 1 unreadable image(s)") may come before the error, which is still the last and only one."""
+    if capsys is None:
+        proc = subprocess.run([sys.executable, "-m", "neurflow.cli", *argv], capture_output=True, text=True)
+        code, err = proc.returncode, proc.stderr
+    else:
+        from neurflow.cli import main
+
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("neurflow: error: ")]
+    alone = len(lines) == 1 or (warnings and "Traceback" not in err)
+    assert code == 2 and alone and len(errors) == 1 and errors[0] == lines[-1], (code, err)
+    return errors[0]
+
 
 # a tiny 4-class CNN as a Python file, for `path/file.py:build` model specs
 TINY_NET_PY = """

@@ -217,7 +217,8 @@ def test_the_default_atlas_is_the_demo_per_class(tmp_path, monkeypatch, capsys):
     """`neurflow atlas` without arguments uses `neurflow demo`'s settings: a class's circuit is
     `neurflow demo --target CLASS`'s (the demo's data and settings shrunk here, for time, in both)."""
     from neurflow import demo
-    from neurflow.datasets import Dataset, load_data, register_data_scheme, unregister_data_scheme
+    from neurflow.sources.datasets import Dataset, load_data
+    from neurflow.sources.schemes import register_data_scheme, unregister_data_scheme
 
     fashion = load_data("zoo:fashion-mnist")
 

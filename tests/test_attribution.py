@@ -1,13 +1,12 @@
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
 from neurflow.attribution import gauss_legendre, integrated_gradients
-from neurflow.layers import LayerGraph
-from neurflow.probe import response
+from neurflow.neurons import response
+from neurflow.slicing import LayerGraph
 
-from conftest import SKIP_LAYERS
+from conftest import SKIP_LAYERS, import_oracle
 
 
 class Resp(nn.Module):
@@ -20,7 +19,7 @@ class Resp(nn.Module):
 
 
 def test_matches_captum_on_a_sliced_segment(skipnet, tiny_images):
-    captum = pytest.importorskip("captum.attr")
+    captum = import_oracle("captum.attr")
     g = LayerGraph(skipnet, SKIP_LAYERS)
     with torch.no_grad():
         acts, *extras = g.prefix("block2", "block3")(tiny_images[:3])
@@ -76,7 +75,7 @@ def test_completeness_gap_shrinks_with_steps():
 
 def test_quadrature_is_captums():
     alphas, weights = gauss_legendre(50)
-    captum = pytest.importorskip("captum.attr._utils.approximation_methods")
+    captum = import_oracle("captum.attr._utils.approximation_methods")
     step_sizes, alpha_fn = captum.approximation_parameters("gausslegendre")
     np.testing.assert_allclose(alphas, alpha_fn(50))
     np.testing.assert_allclose(weights, step_sizes(50))

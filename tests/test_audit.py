@@ -3,13 +3,12 @@ import pytest
 import torch
 
 import neurflow
-from neurflow.audit_candidates import layer_candidates
-from neurflow.auditing import audit, measures, split
-from neurflow.clustering import cut, linkage_tree
+from neurflow.analysis.audit import audit, measures, split
+from neurflow.analysis.candidates import layer_candidates
 from neurflow.errors import NeurFlowError
+from neurflow.method.clustering import cut, linkage_tree
 
-from conftest import SKIP_LAYERS, SkipNet, assert_same_state, model_state
-from test_probe import manual
+from conftest import SKIP_LAYERS, SkipNet, assert_same_state, model_state, skipnet_zeroed
 
 SETTINGS = dict(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5), batch_size=16)
 
@@ -55,7 +54,7 @@ def test_drops_and_score_match_a_brute_force_ablation(net, setup):
     row = next(r for r in res["groups"] if r["layer"] == "block3")
     with torch.no_grad():
         base = skipnet(images)[:, t]
-        abl = manual(skipnet, images, row["neurons"])
+        abl = skipnet_zeroed(skipnet, images, row["neurons"])
     drop = (base - abl[:, t]).numpy()
     assert row["fp_logit_drop"] == pytest.approx(drop[fp].mean(), abs=1e-5)
     assert row["tp_logit_drop"] == pytest.approx(drop[tp].mean(), abs=1e-5)

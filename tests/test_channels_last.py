@@ -8,8 +8,8 @@ from torch import nn
 
 from neurflow import NeurFlow
 from neurflow.errors import NeurFlowError
-from neurflow.layers import LayerGraph
-from neurflow.probe import image_responses
+from neurflow.method.probe import image_responses
+from neurflow.slicing import LayerGraph
 
 SETTINGS = dict(tau=2, top_k=4, ig_steps=4, granularities=(1.0,), n_groups=2)
 
@@ -150,7 +150,7 @@ def test_channel_axis_flag():
 
 
 def test_zeroed_channels_of_a_channels_last_layer():
-    from neurflow.probe import logits
+    from neurflow.method.probe import logits
 
     torch.manual_seed(0)
     model, x = ChannelsLastNet().eval(), torch.rand(2, 3, 16, 16)
@@ -172,7 +172,7 @@ def test_zeroed_channels_of_a_channels_last_layer():
 def test_zeroing_follows_the_given_channel_axis():
     """A layer whose axis only ``--channel-axis`` says (LayerGraph.axes): zeroing its channels in
     the audit, the evaluation and debug's verification zeroes the last axis, not H."""
-    from neurflow.probe import logits
+    from neurflow.method.probe import logits
 
     torch.manual_seed(0)
     model, x = ChannelsLastNet(opaque=True).eval(), torch.rand(2, 3, 16, 16)
@@ -193,8 +193,8 @@ def test_zeroing_follows_the_given_channel_axis():
 
 def test_audit_zeroing_follows_the_given_channel_axis():
     """The audit's batched zeroing of a layer whose axis only ``--channel-axis`` says."""
-    from neurflow.audit_candidates import zeroed_logits
-    from neurflow.probe import logits
+    from neurflow.analysis.candidates import zeroed_logits
+    from neurflow.method.probe import logits
 
     torch.manual_seed(0)
     model, x = ChannelsLastNet(opaque=True).eval(), torch.rand(2, 3, 16, 16)

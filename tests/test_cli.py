@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import neurflow
-from neurflow.audit_candidates import fp_crop_name
+from neurflow.analysis.candidates import fp_crop_name
 from neurflow.cli import main
 
 from conftest import TINY_NET_PY as MODEL_PY
-from conftest import run_args
+from conftest import one_line, run_args
 
 
 @pytest.fixture
@@ -55,14 +55,11 @@ def test_bad_input_is_one_line_and_exit_2(workspace, change, needle):
     args = run_args(workspace)
     for flag, value in change.items():
         args[args.index(flag) + 1] = value
-    proc = subprocess.run([sys.executable, "-m", "neurflow.cli", *args], capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert needle in one_line(args)
 
 
 def test_pickle_checkpoint_refused_without_trust(workspace):
-    from neurflow.models import load_model
+    from neurflow.sources.models import load_model
 
     model = load_model(f"{workspace}/mymodel.py:build").model
     torch.save(model, workspace / "full.pt")  # a pickled module, not a state dict
@@ -124,15 +121,6 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert all(0 < len(s) <= widths[name] // 2 for name, s in sets.items()), {k: len(v) for k, v in sets.items()}
 
 
-def _one_line_exit_2(args):
-    """Exit code 2, no traceback, exactly one error line; returns that line."""
-    proc = subprocess.run([sys.executable, "-m", "neurflow.cli", *args], capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("neurflow: error:")]
-    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
-    return errors[0]
-
-
 def test_debug_by_index_and_by_file(workspace, capsys):
     from PIL import Image
 
@@ -172,20 +160,20 @@ def test_debug_by_index_and_by_file(workspace, capsys):
 def test_debug_and_audit_bad_input(workspace):
     out = str(workspace / "out")
     assert main(run_args(workspace)) == 0
-    assert "0..9" in _one_line_exit_2(["debug", out, "--image", "99"])
-    assert "representatives" in _one_line_exit_2(["debug", out, "--image", "0", "--representatives", "0"])
-    assert "below the class layer" in _one_line_exit_2(["debug", out, "--image", "0", "--layer", "head"])
-    assert "did you mean block2" in _one_line_exit_2(["debug", out, "--image", "0", "--layer", "blok2"])
-    assert "--image" in _one_line_exit_2(["debug", out, "--image", str(workspace / "nope.png")])
-    assert "DIR" in _one_line_exit_2(["debug", str(workspace / "nothing"), "--image", "0"])
+    assert "0..9" in one_line(["debug", out, "--image", "99"])
+    assert "representatives" in one_line(["debug", out, "--image", "0", "--representatives", "0"])
+    assert "below the class layer" in one_line(["debug", out, "--image", "0", "--layer", "head"])
+    assert "did you mean block2" in one_line(["debug", out, "--image", "0", "--layer", "blok2"])
+    assert "--image" in one_line(["debug", out, "--image", str(workspace / "nope.png")])
+    assert "DIR" in one_line(["debug", str(workspace / "nothing"), "--image", "0"])
     torch.save(torch.randn(4, 3, 16, 16), workspace / "unlabelled.pt")
-    assert "labelled data" in _one_line_exit_2(["audit", out, "--data", str(workspace / "unlabelled.pt")])
+    assert "labelled data" in one_line(["audit", out, "--data", str(workspace / "unlabelled.pt")])
     # a different model than the run's
-    from neurflow.models import load_model
+    from neurflow.sources.models import load_model
 
     state = load_model(f"{workspace}/mymodel.py:build").model.state_dict()
     torch.save({k: v + 1 for k, v in state.items()}, workspace / "other.pt")
-    assert "differ" in _one_line_exit_2(
+    assert "differ" in one_line(
         [
             "debug",
             out,
@@ -200,7 +188,7 @@ def test_debug_and_audit_bad_input(workspace):
 
 
 def test_audit_ranks_groups_and_writes_json(workspace, capsys):
-    from neurflow.models import load_model
+    from neurflow.sources.models import load_model
 
     out = workspace / "out"
     args = run_args(workspace)
@@ -233,9 +221,9 @@ def test_audit_ranks_groups_and_writes_json(workspace, capsys):
     assert main(["audit", str(out), "--data", str(workspace / "audit.pt")]) == 0
     text = capsys.readouterr().out
     assert "rank  layer" in text and "kind" in text and "joint fp fixed" in text
-    from neurflow.show import summary
+    from neurflow.analysis.summary import summary
 
     assert "dataset audit (audit.json), best candidates" in summary(neurflow.load(out), out)
-    assert "--max-candidates: expected an integer >= 1" in _one_line_exit_2(
+    assert "--max-candidates: expected an integer >= 1" in one_line(
         ["audit", str(out), "--data", str(workspace / "audit.pt"), "--max-candidates", "0"]
     )

@@ -3,7 +3,7 @@ import pytest
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import silhouette_score
 
-from neurflow.clustering import cut, linkage_tree, silhouette_clusters
+from neurflow.method.clustering import cut, linkage_tree, silhouette_clusters
 
 
 @pytest.mark.parametrize("seed", range(5))

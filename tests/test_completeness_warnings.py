@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from neurflow import NeurFlow
-from neurflow.completeness import gap_warnings
+from neurflow.analysis.report import write_report
+from neurflow.analysis.summary import summary
+from neurflow.circuit import gap_warnings
 from neurflow.config import COMPLETENESS_WARN_RELATIVE
-from neurflow.report import write_report
-from neurflow.show import summary
 
 SIZE = 16
 SETTINGS = dict(tau=2, top_k=4, ig_steps=8, granularities=(1.0,))
@@ -42,7 +42,7 @@ def _fit(model: nn.Module, caplog, out=None, **settings):
     images = torch.rand(4, 3, SIZE, SIZE) * 4
     with torch.no_grad():
         target = int(torch.mode(model(images).argmax(1)).values)
-    with caplog.at_level(logging.WARNING, logger="neurflow.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="neurflow.method.estimator"):
         nf = NeurFlow(**{**SETTINGS, **settings}).fit(model, images, target, ["head", "block", "stem"], out=out)
     return nf.circuit_
 

@@ -2,10 +2,10 @@ import numpy as np
 import torch
 
 from neurflow.config import NeurFlowConfig
-from neurflow.core import adaptive_lengths, normalise, rank_core, top_exemplars
-from neurflow.crops import CropPool
-from neurflow.layers import LayerGraph
-from neurflow.probe import response
+from neurflow.method import adaptive_lengths, normalise, rank_core, top_exemplars
+from neurflow.method.crops import CropPool
+from neurflow.neurons import response
+from neurflow.slicing import LayerGraph
 
 from conftest import SKIP_LAYERS
 

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neurflow.crops import CropPool, window_grid
+from neurflow.method.crops import CropPool, window_grid
 
 
 def published_pool(x, granularities=(1, 0.5, 0.25), ratio=0.5):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from neurflow.datasets import IMAGENET_MEAN, load_data
 from neurflow.errors import NeurFlowError
+from neurflow.sources.datasets import IMAGENET_MEAN, load_data
 
 
 def write(path, mode, size=(40, 30), value=128):

@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import neurflow
-from neurflow.debug import crop_scores, debug_image, group_references, image_name
+from neurflow.analysis.debug import crop_scores, debug_image, group_references, image_name
 from neurflow.errors import NeurFlowError
 
-from conftest import SKIP_LAYERS, assert_same_state, majority_class, model_state
-from test_probe import manual
+from conftest import SKIP_LAYERS, assert_same_state, majority_class, model_state, skipnet_zeroed
 
 SETTINGS = dict(tau=3, top_k=6, ig_steps=8, granularities=(1.0, 0.5), batch_size=16)
 
@@ -99,7 +98,7 @@ def test_verification_matches_a_hand_written_ablation(skipnet, tiny_images, fitt
     v = res["verification"]
     with torch.no_grad():
         plain = skipnet(image[None])[0]
-        ablated = manual(skipnet, image[None], v["neurons"])[0]
+        ablated = skipnet_zeroed(skipnet, image[None], v["neurons"])[0]
     t = fitted.target
     assert v["target_logit_before"] == pytest.approx(float(plain[t]), abs=1e-5)
     assert v["target_logit_after"] == pytest.approx(float(ablated[t]), abs=1e-5)
@@ -168,8 +167,8 @@ def test_image_names():
 
 
 def test_debug_and_audit_on_a_torchvision_resnet18_with_random_weights():
-    from neurflow.auditing import audit
-    from neurflow.models import load_model
+    from neurflow.analysis.audit import audit
+    from neurflow.sources.models import load_model
 
     model = load_model("torchvision:resnet18", seed=0).model
     before = model_state(model)

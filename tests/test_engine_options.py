@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import neurflow
-from neurflow import core
+from neurflow._state import precision, preserved
 from neurflow.attribution import integrated_gradients
-from neurflow.config import IG_ORDERS, NeurFlowConfig
-from neurflow.crops import CropPool
+from neurflow.config import AUTO_SAMPLE_PAIRS, IG_ORDERS, NeurFlowConfig
 from neurflow.errors import NeurFlowError
-from neurflow.layers import LayerGraph
-from neurflow.probe import precision, preserved
+from neurflow.method import core_neurons as core
+from neurflow.method.crops import CropPool
+from neurflow.slicing import LayerGraph
 
 from conftest import SKIP_LAYERS, majority_class
 
@@ -44,41 +44,74 @@ def test_auto_steps_pick_the_smallest_order_under_the_tolerance(skipnet, tiny_im
             np.testing.assert_allclose(layer.nodes[n].importance, ref.nodes[n].importance, rtol=1e-9)
 
 
-def test_choose_steps_against_brute_force(skipnet, tiny_images):
-    cfg = NeurFlowConfig(ig_steps="auto", ig_tol=1e-3, **SETTINGS)
+def _exemplars(counts: dict[int, int]) -> dict[int, np.ndarray]:
+    """Exemplars in which crop ``c`` is an exemplar of nodes ``0 .. counts[c] - 1`` (block3 has 16)."""
+    return {n: np.asarray([c for c, k in counts.items() if n < k]) for n in range(max(counts.values()))}
+
+
+# (crop: how many nodes use it) -> the crops --ig-steps auto measures, written out by hand for
+# AUTO_SAMPLE_PAIRS = 64: the busiest crops (ties: the lower index) until 64 pairs are reached
+SAMPLES = {
+    "64 pairs exactly: the fifth crop is left out": ({4: 16, 1: 16, 9: 16, 2: 16, 7: 16}, [1, 2, 4, 7]),
+    "the crop that crosses 64 is in": ({5: 16, 2: 14, 8: 12, 0: 10, 7: 10, 1: 6, 3: 4}, [0, 1, 2, 5, 7, 8]),
+    "63 pairs: one more crop, the lower index": ({0: 16, 3: 16, 5: 16, 6: 15, 8: 1, 2: 1}, [0, 2, 3, 5, 6]),
+    "fewer than 64 pairs: every crop": ({3: 16, 6: 8, 0: 2}, [0, 3, 6]),
+}
+
+
+@pytest.mark.parametrize("counts, want", SAMPLES.values(), ids=SAMPLES.keys())
+def test_choose_steps_measures_the_busiest_crops_up_to_the_pair_budget(skipnet, tiny_images, counts, want, monkeypatch):
+    assert AUTO_SAMPLE_PAIRS == 64  # the cases above are written for it
+    cfg = NeurFlowConfig(ig_steps="auto", ig_tol=0.5, **SETTINGS)
     graph = LayerGraph(skipnet, SKIP_LAYERS)
     pool = CropPool(tiny_images, cfg.granularities, cfg.stride_ratio)
-    with torch.no_grad():
-        resp = graph.recorder(["block3"])(pool.get(range(len(pool))))[0]
-    width = resp.shape[1]
-    exemplars = {n: core.top_exemplars(resp.mean((2, 3)).numpy(), n, cfg.top_k) for n in range(width)}
-    chosen = core.choose_steps(graph, pool, "block3", "block2", exemplars, cfg)
-    # brute force on the same sample: every order's relative gap
-    crops, requests = core._requests(exemplars)
+    assert len(pool) > max(counts)
+    exemplars = _exemplars(counts)
+    fetched, measured = [], []
+    get = CropPool.get
+    monkeypatch.setattr(CropPool, "get", lambda self, idx: fetched.extend(int(i) for i in idx) or get(self, idx))
+    run_ig = core.run_ig
+    monkeypatch.setattr(core, "run_ig", lambda *a: measured.append(a[4]) or run_ig(*a))
+    core.choose_steps(graph, pool, "block3", "block2", exemplars, cfg)
+    assert fetched == want  # the crops whose lower activations are computed, and only those
+    assert measured and all(reqs == [list(range(counts[c])) for c in want] for reqs in measured)
+
+
+def test_choose_steps_picks_the_first_order_under_the_tolerance(skipnet, tiny_images):
+    # brute force: every order's relative gap, dense IG on the whole sample (8 crops of 8 nodes: the
+    # budget of 64 pairs is reached at the last crop, so the sample is all of it)
+    cfg = NeurFlowConfig(ig_steps="auto", **SETTINGS)
+    graph = LayerGraph(skipnet, SKIP_LAYERS)
+    pool = CropPool(tiny_images, cfg.granularities, cfg.stride_ratio)
+    exemplars = _exemplars({c: 8 for c in range(8)})
+    crops, requests = np.arange(8), [list(range(8))] * 8
+    with preserved(skipnet, freeze=True), torch.no_grad():
+        acts, *extras = graph.prefix("block2", "block3")(pool.get(crops))
+    seg = graph.segment("block2", "block3")
     gaps = {}
-    with preserved(skipnet, freeze=True):
-        with torch.no_grad():
-            acts, *extras = graph.prefix("block2", "block3")(pool.get(crops))
-        seg = graph.segment("block2", "block3")
-        busiest = sorted(np.argsort(-np.asarray([len(r) for r in requests]), kind="stable")[:64].tolist())
-        take, pairs = [], 0
-        for i in np.argsort(-np.asarray([len(r) for r in requests]), kind="stable"):
-            if pairs >= 64:
-                break
-            take.append(int(i))
-            pairs += len(requests[i])
-        take = sorted(take)
-        assert set(take) <= set(busiest) or len(take) <= len(busiest)
-        for order in IG_ORDERS:
-            res = integrated_gradients(seg, acts[take], [e[take] for e in extras], [requests[i] for i in take], order)
-            gaps[order] = np.abs(res.gaps()).sum() / np.abs(np.concatenate(res.deltas)).sum()
-    want = next((o for o in IG_ORDERS if gaps[o] < 1e-3), IG_ORDERS[-1])
-    assert chosen == want
+    for order in IG_ORDERS:
+        with preserved(skipnet, freeze=True):
+            res = integrated_gradients(seg, acts, extras, requests, order)
+        gaps[order] = float(np.abs(res.gaps()).sum() / np.abs(np.concatenate(res.deltas)).sum())
+    assert 1 > gaps[IG_ORDERS[0]] > gaps[IG_ORDERS[-1]] > 0, gaps  # the rule has something to choose
+    # each order whose gap is clearly below every smaller order's: a tolerance between the two selects it
+    checked = []
+    for i, order in enumerate(IG_ORDERS):
+        smaller = min((gaps[o] for o in IG_ORDERS[:i]), default=1.0)
+        if gaps[order] < 0.9 * smaller:
+            tol = (gaps[order] + smaller) / 2
+            got = core.choose_steps(graph, pool, "block3", "block2", exemplars, dataclasses.replace(cfg, ig_tol=tol))
+            assert got == order, (order, tol, gaps)
+            checked.append(order)
+    assert len(checked) >= 4, gaps
+    # and none reaching it: the largest order
+    tiny = dataclasses.replace(cfg, ig_tol=min(gaps.values()) / 2)
+    assert core.choose_steps(graph, pool, "block3", "block2", exemplars, tiny) == IG_ORDERS[-1]
 
 
 def test_auto_steps_warn_when_no_order_reaches_the_tolerance(skipnet, tiny_images, caplog):
     target = majority_class(skipnet, tiny_images)
-    with caplog.at_level(logging.WARNING, logger="neurflow.core"):
+    with caplog.at_level(logging.WARNING, logger="neurflow.method.core_neurons"):
         c = (
             neurflow.NeurFlow(ig_steps="auto", ig_tol=1e-15, **SETTINGS)
             .fit(skipnet, tiny_images, target=target, layers=SKIP_LAYERS[:3])
@@ -169,12 +202,12 @@ def test_faster_precision_reports_its_agreement_with_fp32(skipnet, tiny_images, 
 def test_adaptive_rule_from_kept_maps_equals_recomputing_them(skipnet, tiny_images, monkeypatch, engine):
     """The activations pass keeps the lower layers' maps for the adaptive rule when they fit the
     budget; the circuit is the one that recomputes them per layer (budget 0)."""
-    import neurflow.pipeline as pipeline
+    import neurflow.method.estimator as pipeline
 
     target = majority_class(skipnet, tiny_images)
     settings = dict(ig_steps=8, adaptive_eps=0.1, engine=engine, **SETTINGS)
     calls = []
-    from neurflow.layers import LayerGraph as LG
+    from neurflow.slicing import LayerGraph as LG
 
     real = LG.prefix
 
@@ -195,9 +228,9 @@ def test_adaptive_rule_from_kept_maps_equals_recomputing_them(skipnet, tiny_imag
 
 def test_engine_auto_is_channel_sparse_on_the_cpu_and_dense_on_a_gpu(skipnet):
     """The device is only read, not used: the choice is testable without a GPU."""
+    from neurflow.attribution import sparse_plan
     from neurflow.config import NeurFlowConfig
-    from neurflow.core import sparse_plan
-    from neurflow.layers import LayerGraph
+    from neurflow.slicing import LayerGraph
 
     graph = LayerGraph(skipnet, SKIP_LAYERS)
     upper, lower = SKIP_LAYERS[1], SKIP_LAYERS[2]

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import neurflow
+from neurflow.analysis.evaluate import Context, Options
+from neurflow.analysis.evaluate.common import Checkpoint, masked, pearson, topk_overlap
+from neurflow.analysis.evaluate.edges import edge_correlation, k_impact, optimality, weight_norm
+from neurflow.analysis.evaluate.fidelity import fidelity, mct_ranking
+from neurflow.analysis.run import Run
 from neurflow.cli import main
-from neurflow.datasets import Dataset
 from neurflow.errors import NeurFlowError
-from neurflow.evaluate import Context, Options
-from neurflow.evaluate.common import Checkpoint, masked, pearson, topk_overlap
-from neurflow.evaluate.edges import edge_correlation, k_impact, optimality, weight_norm
-from neurflow.evaluate.fidelity import fidelity, mct_ranking
-from neurflow.run import Run
+from neurflow.sources.datasets import Dataset
 
 from conftest import SKIP_LAYERS, SkipNet, assert_same_state, model_state
 
@@ -132,7 +132,7 @@ def test_edge_correlation_arithmetic(run):
     assert head["n_subsets"] == 9 and sorted(set(p[:, 0].astype(int))) == [1, 2, 4]
     assert head["pearson_sum"] == pytest.approx(np.corrcoef(p[:, 1], p[:, 2])[0, 1])
     # the importances are the run's IG: the circuit's importance of the core neurons, reproduced
-    from neurflow.evaluate.common import ig_importance
+    from neurflow.analysis.evaluate.common import ig_importance
 
     t = run.circuit.target
     _, imp = ig_importance(ctx, "head", "block3", t, 6)
@@ -224,7 +224,7 @@ def test_k_and_weight_norm(run):
 
 
 def test_crop_sizes_by_hand(run):
-    from neurflow.evaluate import crop_sizes
+    from neurflow.analysis.evaluate import crop_sizes
 
     ctx = Context(run, opts())
     r = crop_sizes(ctx)
@@ -317,8 +317,8 @@ def test_cli_contract_and_errors(tmp_path, capsys):
 
 
 def test_aggregation_methods_and_overlap_arithmetic(run):
-    from neurflow.evaluate.edges import aggregation, methods
-    from neurflow.evaluate.fidelity import overlap
+    from neurflow.analysis.evaluate.edges import aggregation, methods
+    from neurflow.analysis.evaluate.fidelity import overlap
 
     ctx = Context(run, opts())
     e3 = edge_correlation(ctx)["nodes"][0]
@@ -347,7 +347,7 @@ def test_aggregation_methods_and_overlap_arithmetic(run):
 
 def test_knockoff_statistics_find_the_true_features():
     pytest.importorskip("knockpy", reason="needs the neurflow[eval] extra")
-    from neurflow.evaluate.common import knockoff_statistics
+    from neurflow.analysis.evaluate.common import knockoff_statistics
 
     rng = np.random.RandomState(0)
     x = rng.randn(400, 20)

@@ -1,7 +1,7 @@
 import numpy as np
 
 from neurflow.circuit import Group, Layer, Node, SubConcept
-from neurflow.groups import group_edges, layer_groups, trace
+from neurflow.method.groups import group_edges, layer_groups, trace
 
 
 def sc(i, w, group):

@@ -18,7 +18,7 @@ from PIL import Image
 from neurflow.cli import main
 from neurflow.errors import NeurFlowError
 
-from conftest import TINY_NET_PY, run_args
+from conftest import TINY_NET_PY, one_line, run_args
 
 MODEL_PY = (
     TINY_NET_PY
@@ -51,29 +51,19 @@ def ws(tmp_path):
     return tmp_path
 
 
-def one_line(capsys, argv) -> str:
-    """``main(argv)`` exits 2 with exactly one stderr line, the error; returns it."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("neurflow: error: "), err
-    return lines[0]
-
-
 # -- one line, exit 2 -----------------------------------------------------------------------
 def test_a_factory_that_raises(ws, capsys):
-    line = one_line(capsys, run_args(ws, factory="broken"))
+    line = one_line(run_args(ws, factory="broken"), capsys)
     assert "--model" in line and "broken() raised RuntimeError: no weights here" in line
-    line = one_line(capsys, ["layers", f"{ws}/mymodel.py:broken"])
+    line = one_line(["layers", f"{ws}/mymodel.py:broken"], capsys)
     assert "MODEL" in line and "broken() raised RuntimeError" in line
 
 
 def test_cuda_without_a_gpu_and_a_missing_gpu_index(ws, capsys, monkeypatch):
     if not torch.cuda.is_available():
-        line = one_line(capsys, run_args(ws, extra=("--device", "cuda")))
+        line = one_line(run_args(ws, extra=("--device", "cuda")), capsys)
         assert "--device" in line and "no CUDA GPU" in line
-    assert "--device" in one_line(capsys, run_args(ws, extra=("--device", "gpu")))
+    assert "--device" in one_line(run_args(ws, extra=("--device", "gpu")), capsys)
     assert main(run_args(ws)) == 0
     out = str(ws / "out")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -84,7 +74,7 @@ def test_cuda_without_a_gpu_and_a_missing_gpu_index(ws, capsys, monkeypatch):
         ["audit", out, "--device", "cuda:3"],
         ["eval", out, "fidelity", "--device", "cuda:3"],
     ):
-        line = one_line(capsys, argv)
+        line = one_line(argv, capsys)
         assert "--device: expected cuda:0..cuda:0 (1 CUDA device(s) visible), got 'cuda:3'" in line, argv
     assert not (ws / "out3").exists()  # refused before the run directory was created
 
@@ -98,7 +88,7 @@ def test_an_image_over_the_decompression_bomb_limit_is_skipped_and_counted(ws, c
     Image.fromarray(rng.randint(0, 255, (64, 64, 3), dtype=np.uint8)).save(ws / "imgs" / "a" / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000: PIL refuses to decode it
     argv = run_args(ws, extra=("--data", str(ws / "imgs"), "--transform", "none", "--target", "0"))
-    with caplog.at_level(logging.WARNING, logger="neurflow.datasets"):
+    with caplog.at_level(logging.WARNING, logger="neurflow.sources.datasets"):
         assert main(argv) == 0
     assert any("skipped bomb.png" in r.getMessage() and "decompression bomb" in r.getMessage() for r in caplog.records)
     meta = json.loads((ws / "out" / "circuit.json").read_text())["meta"]
@@ -132,7 +122,7 @@ def test_show_into_head_exits_quietly(tmp_path):
 
 def test_pt_labels_that_do_not_match_the_images(ws, capsys):
     torch.save({"images": torch.randn(10, 3, 16, 16), "labels": torch.arange(7) % 4}, ws / "bad.pt")
-    line = one_line(capsys, run_args(ws, extra=("--data", str(ws / "bad.pt"))))
+    line = one_line(run_args(ws, extra=("--data", str(ws / "bad.pt"))), capsys)
     assert "--data" in line and "one label per image (10 images)" in line and "[7]" in line
 
 
@@ -148,33 +138,33 @@ def test_bad_weights_files(ws, capsys):
     (ws / "legacy_truncated.pt").write_bytes((ws / "legacy.pt").read_bytes()[:40])
     (ws / "random.pt").write_bytes(np.random.RandomState(0).bytes(4096))
     for name in ("truncated.pt", "legacy_truncated.pt", "random.pt"):
-        line = one_line(capsys, run_args(ws, extra=("--weights", str(ws / name))))
+        line = one_line(run_args(ws, extra=("--weights", str(ws / name))), capsys)
         assert "--weights" in line and "truncated or not a PyTorch file" in line, line
         assert "Errno" not in line and "--trust-checkpoint" not in line, line
     torch.save(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(8, 4)).state_dict(), ws / "other.pt")
-    line = one_line(capsys, ["layers", f"{ws}/mymodel.py:build", "--weights", str(ws / "other.pt")])
+    line = one_line(["layers", f"{ws}/mymodel.py:build", "--weights", str(ws / "other.pt")], capsys)
     assert "8 missing key(s): stem.0.weight, stem.0.bias, block1.0.weight (+5 more)" in line, line
     assert "4 unexpected key(s): 0.weight, 0.bias, 1.weight (+1 more)" in line, line
     state = tiny_net().state_dict()
     state["head.weight"] = torch.zeros(5, 16)
     torch.save(state, ws / "wide.pt")
-    line = one_line(capsys, ["layers", f"{ws}/mymodel.py:build", "--weights", str(ws / "wide.pt")])
+    line = one_line(["layers", f"{ws}/mymodel.py:build", "--weights", str(ws / "wide.pt")], capsys)
     assert "1 shape mismatch(es) (checkpoint vs model): head.weight [5, 16] vs [4, 16]" in line, line
     torch.save({"module." + k: v for k, v in tiny_net().state_dict().items()}, ws / "parallel.pt")
-    line = one_line(capsys, ["layers", f"{ws}/mymodel.py:build", "--weights", str(ws / "parallel.pt")])
+    line = one_line(["layers", f"{ws}/mymodel.py:build", "--weights", str(ws / "parallel.pt")], capsys)
     assert "'module.'" in line
 
 
 @pytest.mark.parametrize("raised", ["error", "interrupt"])
 def test_errors_start_on_their_own_line_after_a_progress_bar(ws, capsys, monkeypatch, raised):
-    import neurflow.core
+    import neurflow.attribution.engine
 
     def fail(*a, **k):
         if raised == "error":
             raise NeurFlowError("layers", "a segment IG can pass", "head <- block2")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(neurflow.core, "integrated_gradients", fail)  # inside the "IG head" bar
+    monkeypatch.setattr(neurflow.attribution.engine, "integrated_gradients", fail)  # inside the "IG head" bar
     argv = [a for a in run_args(ws, extra=("--engine", "dense")) if a != "--quiet"]
     capsys.readouterr()
     assert main(argv) == (2 if raised == "error" else 130)
@@ -188,7 +178,7 @@ def test_errors_start_on_their_own_line_after_a_progress_bar(ws, capsys, monkeyp
 
 # -- inputs that were silently wrong ----------------------------------------------------------
 def test_16_bit_png_is_scaled_by_its_bit_depth(tmp_path):
-    from neurflow.datasets import load_data
+    from neurflow.sources.datasets import load_data
 
     a8 = np.random.RandomState(0).randint(0, 256, (2, 16, 16)).astype(np.uint8)
     for d, arrays in (("eight", a8), ("sixteen", a8.astype(np.uint16) * 257)):
@@ -204,14 +194,14 @@ def test_16_bit_png_is_scaled_by_its_bit_depth(tmp_path):
 
 
 def test_uint8_tensors_are_scaled_like_image_files(tmp_path, caplog):
-    from neurflow.datasets import load_data
+    from neurflow.sources.datasets import load_data
 
     pixels = np.random.RandomState(0).randint(0, 256, (3, 16, 16, 3)).astype(np.uint8)
     (tmp_path / "files").mkdir()
     for i, a in enumerate(pixels):
         Image.fromarray(a).save(tmp_path / "files" / f"{i}.png")
     torch.save(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), tmp_path / "u8.pt")
-    with caplog.at_level(logging.INFO, logger="neurflow.datasets"):
+    with caplog.at_level(logging.INFO, logger="neurflow.sources.datasets"):
         data = load_data(str(tmp_path / "u8.pt"))
     assert data.images.dtype == torch.float32 and float(data.images.max()) <= 1
     assert torch.equal(data.images, load_data(str(tmp_path / "files"), "none").images)
@@ -229,7 +219,7 @@ def test_tau_above_a_layers_width_warns_once_per_layer(caplog):
     torch.manual_seed(0)
     model, images = tiny_net().eval(), torch.rand(8, 3, 16, 16)
     target = int(torch.mode(model(images).argmax(1)).values)
-    with caplog.at_level(logging.WARNING, logger="neurflow.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="neurflow.method.estimator"):
         NeurFlow(tau=14, top_k=4, ig_steps=4, granularities=(1.0,)).fit(
             model, images, target, ["head", "block2", "block1"]
         )
@@ -241,10 +231,10 @@ def test_tau_above_a_layers_width_warns_once_per_layer(caplog):
 def test_debug_threshold_above_one(ws, capsys, caplog):
     assert main(run_args(ws)) == 0
     out = str(ws / "out")
-    line = one_line(capsys, ["debug", out, "--image", "0", "--threshold", "1.5", "--score", "clipped"])
+    line = one_line(["debug", out, "--image", "0", "--threshold", "1.5", "--score", "clipped"], capsys)
     assert "--threshold" in line and "(0, 1]" in line
-    assert "--threshold" in one_line(capsys, ["debug", out, "--image", "0", "--threshold", "0"])
-    with caplog.at_level(logging.WARNING, logger="neurflow.debug"):
+    assert "--threshold" in one_line(["debug", out, "--image", "0", "--threshold", "0"], capsys)
+    with caplog.at_level(logging.WARNING, logger="neurflow.analysis.debug"):
         assert main(["debug", out, "--image", "0", "--threshold", "1.5", "--quiet"]) == 0
     assert sum("threshold 1.5 is above 1" in r.getMessage() for r in caplog.records) == 1
 
@@ -254,7 +244,7 @@ def _holder(directory):
     """A process that locks ``directory`` through a RunStore and waits to be killed."""
     code = (
         "import sys, time\n"
-        "from neurflow.artifact import RunStore\n"
+        "from neurflow.store import RunStore\n"
         f"store = RunStore({str(directory)!r}, 'h')\n"
         "print('locked', flush=True)\n"
         "time.sleep(600)\n"
@@ -265,7 +255,7 @@ def _holder(directory):
 
 
 def test_run_directory_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
-    from neurflow.artifact import RunStore
+    from neurflow.store import RunStore
 
     holder = _holder(tmp_path / "run")
     try:
@@ -276,11 +266,14 @@ def test_run_directory_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp
         holder.wait()
     store = RunStore(tmp_path / "run", "h")  # resumable by the next process
     assert (tmp_path / "run" / ".neurflow.lock").read_text().strip() == str(os.getpid())
+    # a store holds the lock until it is released, also against this process (fit owns and releases
+    # the store it creates, however it ends: tests/test_pipeline.py::test_resume_skips_finished_layers)
+    with pytest.raises(NeurFlowError, match=f"another neurflow process is writing .*run \\(pid {os.getpid()}\\)"):
+        RunStore(tmp_path / "run", "h")
     store.release()
-    # a store of this process that was never released (its fit raised) does not lock this process out
-    stale = RunStore(tmp_path / "run", "h")
-    RunStore(tmp_path / "run", "h").release()
-    assert stale._lock_fd is None
+    with RunStore(tmp_path / "run", "h"):
+        pass
+    RunStore(tmp_path / "run", "h").release()  # the context manager released it
 
 
 @pytest.mark.slow
@@ -295,7 +288,7 @@ def test_two_identical_runs_into_one_directory(ws, capsys):
         while not (ws / "out" / "manifest.json").exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert first.poll() is None, "the first run ended before the second one started"
-        line = one_line(capsys, argv)
+        line = one_line(argv, capsys)
         assert f"another neurflow process is writing {ws / 'out'} (pid {first.pid})" in line, line
     finally:
         os.kill(first.pid, signal.SIGKILL)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import neurflow
+from neurflow.analysis.labels import get_labeler, label_run
+from neurflow.analysis.labels.annotations import enrichment, read_annotations, tag_matrix
 from neurflow.cli import main
 from neurflow.errors import NeurFlowError
-from neurflow.labels import get_labeler, label_run
-from neurflow.labels.annotations import enrichment, read_annotations, tag_matrix
 from neurflow.provenance import Provenance
 
 from conftest import tiny_run
@@ -96,8 +96,8 @@ def test_a_group_gets_the_tag_planted_on_its_exemplars(tmp_path):
 
 def test_zoo_annotations_on_zoo_data(tmp_path, capsys):
     """A small real circuit on zoo:fashion-mnist-marked, labelled from the zoo's annotations."""
-    from neurflow.datasets import load_data
-    from neurflow.models import load_model
+    from neurflow.sources.datasets import load_data
+    from neurflow.sources.models import load_model
     from neurflow.zoo.annotations import zoo_annotations
 
     loaded, data = load_model("zoo:fashion-cnn"), load_data("zoo:fashion-mnist-marked")

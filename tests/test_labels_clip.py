@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import neurflow
-from neurflow.labels import label_run
-from neurflow.labels.clip import ClipLabeler, _available, dissect_scores
+from neurflow.analysis.labels import label_run
+from neurflow.analysis.labels.clip import ClipLabeler, _available, dissect_scores
 
 from conftest import tiny_run
 

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from neurflow import load
+from neurflow.analysis.labels import get_labeler, label_run
 from neurflow.cli import main
-from neurflow.labels import get_labeler, label_run
 
 from conftest import tiny_run
 
@@ -282,7 +282,7 @@ def _sent_sizes(request) -> list[tuple[int, int]]:
 
 
 def test_check_prompt_tells_the_count_as_published(run_dir, api, tmp_path):
-    from neurflow.labels.vlm import BLIND_CHECK_PROMPT, CHECK_PROMPT
+    from neurflow.analysis.labels.vlm import BLIND_CHECK_PROMPT, CHECK_PROMPT
 
     server = api("ok")
     lab = get_labeler("vlm", base_url=server.url, model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c")
@@ -331,8 +331,8 @@ def test_crops_go_at_the_models_resolution_capped_by_image_size(tmp_path, api, m
     from PIL import Image
 
     from neurflow import NeurFlow
-    from neurflow.datasets import Dataset
-    from neurflow.run import Run
+    from neurflow.analysis.run import Run
+    from neurflow.sources.datasets import Dataset
 
     from conftest import tiny_net
 
@@ -368,7 +368,7 @@ def test_crops_go_at_the_models_resolution_capped_by_image_size(tmp_path, api, m
     sent, res = sizes()
     assert sent == {(96, 96)} and all(g["evidence"]["image_px"] == 96 for g in res["groups"])
     # the crops are the pool's crops as the model saw them, not upscaled thumbnails
-    from neurflow.data import thumbnails
+    from neurflow.store import thumbnails
 
     run2 = Run(tmp_path / "run", quiet=True).attach(model, Dataset(images, pred.clone()))
     crop = run2.thumbs[0]

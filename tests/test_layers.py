@@ -3,8 +3,8 @@ import torch
 import torchvision
 
 from neurflow.errors import NeurFlowError
-from neurflow.layers import LayerGraph, layer_names
-from neurflow.probe import response
+from neurflow.neurons import response
+from neurflow.slicing import LayerGraph, layer_names
 
 from conftest import SKIP_LAYERS, assert_same_state, model_state
 
@@ -119,7 +119,8 @@ def test_googlenet_input_transform_is_honoured():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "googlenet", "alexnet"])
 def test_paper_layer_lists_are_valid(name):
-    from neurflow.models import PAPER_LAYERS, load_model
+    from neurflow.sources.models import load_model
+    from neurflow.sources.torchvision import PAPER_LAYERS
 
     loaded = load_model(f"torchvision:{name}")
     assert loaded.default_layers == PAPER_LAYERS[name]

@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from neurflow import NeurFlow, NeurFlowConfig, NeurFlowError
 from neurflow.attribution import integrated_gradients
-from neurflow.layers import LayerGraph
+from neurflow.slicing import LayerGraph
 
 
 def _gap(graph: LayerGraph, lower: str, upper: str, x, rule: str, steps: int = 8, nodes=None) -> float:

@@ -11,10 +11,10 @@ import torch
 import torchvision
 
 import neurflow
-from neurflow.crops import CropPool
-from neurflow.debug import crop_scores, debug_image
-from neurflow.layers import LayerGraph
-from neurflow.probe import pool_responses
+from neurflow.analysis.debug import crop_scores, debug_image
+from neurflow.method.crops import CropPool
+from neurflow.method.probe import pool_responses
+from neurflow.slicing import LayerGraph
 
 from conftest import PARITY, golden_settings
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import neurflow
-from neurflow import core
 from neurflow.errors import NeurFlowError
+from neurflow.method import core_neurons as core
 
 from conftest import SKIP_LAYERS, assert_same_state, majority_class, model_state
 
@@ -109,13 +109,13 @@ def test_resume_skips_finished_layers(skipnet, tiny_images, tmp_path, monkeypatc
             raise KeyboardInterrupt  # killed inside the second layer
         return real(graph, pool, upper, *a, **k)
 
-    monkeypatch.setattr("neurflow.pipeline.attribute", dying)
+    monkeypatch.setattr("neurflow.method.layer_pass.attribute", dying)
     with pytest.raises(KeyboardInterrupt):
         fit(skipnet, tiny_images, tmp_path / "r")
     with pytest.raises(NeurFlowError, match="partial"):
         neurflow.load(tmp_path / "r")
     calls.clear()
-    monkeypatch.setattr("neurflow.pipeline.attribute", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    monkeypatch.setattr("neurflow.method.layer_pass.attribute", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
     fit(skipnet, tiny_images, tmp_path / "r")
     assert calls == ["block3", "block2"]  # "head" was not recomputed
     a = json.loads((tmp_path / "full" / "circuit.json").read_text())
@@ -173,7 +173,7 @@ def test_finished_run_is_loaded_not_recomputed(skipnet, tiny_images, tmp_path, m
     first = fit(skipnet, tiny_images, tmp_path).circuit_
     assert not (tmp_path / "partial").exists()
     assert oct((tmp_path / "circuit.json").stat().st_mode & 0o044) == oct(0o044)  # readable by others
-    monkeypatch.setattr("neurflow.pipeline.attribute", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr("neurflow.method.layer_pass.attribute", lambda *a, **k: pytest.fail("recomputed"))
     again = fit(skipnet, tiny_images, tmp_path).circuit_
     assert again.trace == first.trace and again.meta["timings_s"] == first.meta["timings_s"]
 
@@ -197,8 +197,8 @@ def test_thumbnails_show_the_crops_as_the_model_saw_them():
 
     from PIL import Image
 
-    from neurflow.crops import CropPool
-    from neurflow.data import thumbnails
+    from neurflow.method.crops import CropPool
+    from neurflow.store import thumbnails
 
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, :4, :4] = 1.0  # a white top-left quarter on black, already in [0, 1]

@@ -3,25 +3,16 @@ import torch
 from torch import nn
 
 from neurflow.errors import NeurFlowError
-from neurflow.probe import logits, top_k, zeroed
+from neurflow.method.probe import logits, top_k, zeroed
 
-from conftest import assert_same_state, model_state
-
-
-def manual(model, x, idx):
-    """SkipNet's forward written out, block3 channels ``idx`` zeroed: the oracle."""
-    s = model.stem(x)
-    b = model.block2(model.block1(s)) + s
-    c = model.block3(b).clone()
-    c[:, idx] = 0
-    return model.head(c.mean((2, 3)))
+from conftest import assert_same_state, model_state, skipnet_zeroed
 
 
 def test_zeroing_matches_a_hand_written_forward_and_leaves_the_model(skipnet, tiny_images):
     before = model_state(skipnet)
     got = logits(skipnet, tiny_images, {"block3": [3, 0, 7]}, batch_size=4)
     with torch.no_grad():
-        want = manual(skipnet, tiny_images, [0, 3, 7])
+        want = skipnet_zeroed(skipnet, tiny_images, [0, 3, 7])
         plain = skipnet(tiny_images)
     assert torch.allclose(got, want, atol=1e-6)
     assert not torch.allclose(got, plain, atol=1e-3)
@@ -74,7 +65,7 @@ def test_top_k():
 
 
 def test_on_device_puts_parameters_and_buffers_back(skipnet):
-    from neurflow.probe import on_device
+    from neurflow._state import on_device
 
     bn = nn.BatchNorm2d(4)
     skipnet.add_module("extra_bn", bn)  # a module with buffers (BatchNorm statistics)
@@ -94,7 +85,7 @@ def test_on_device_puts_parameters_and_buffers_back(skipnet):
 
 
 def test_channel_axis_and_masks():
-    from neurflow.probe import channel_axis, channel_mask, masks_for, width
+    from neurflow.neurons import channel_axis, channel_mask, masks_for, width
 
     x4, x3 = torch.randn(2, 5, 3, 3), torch.randn(2, 7, 5)
     assert (channel_axis(x4), width(x4), channel_axis(x3), width(x3)) == (1, 5, -1, 5)

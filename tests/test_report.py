@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from neurflow import load
-from neurflow.artifact import RunStore
+from neurflow.analysis.report import AUDIT_ROWS, write_report
 from neurflow.circuit import Circuit, Group, Layer, Node, SubConcept
 from neurflow.cli import main
-from neurflow.report import AUDIT_ROWS, write_report
+from neurflow.store import RunStore
 
 from conftest import TINY_NET_PY as MODEL_PY
 from conftest import tiny_net, tiny_run
@@ -396,9 +396,9 @@ def test_browser_demo(tmp_path, browser):
 
 @needs_browser
 def test_browser_debug_and_audit_sections(tmp_path, browser):
-    from neurflow.artifact import atomic_write, write_json
-    from neurflow.auditing import audit
-    from neurflow.debug import debug_image, image_png
+    from neurflow.analysis.audit import audit
+    from neurflow.analysis.debug import debug_image, image_png
+    from neurflow.store import atomic_write, write_json
 
     run = tmp_path / "run"
     c = tiny_run(run)
@@ -413,7 +413,7 @@ def test_browser_debug_and_audit_sections(tmp_path, browser):
     labels[::2] = (c.target + 1) % 4
     audited = audit(c, model, images, labels)
     write_json(run / "audit.json", audited)
-    from neurflow.audit_candidates import fp_thumbnails
+    from neurflow.analysis.candidates import fp_thumbnails
 
     for name, png in fp_thumbnails(images, audited["groups"]).items():
         atomic_write(run / "audit-crops" / name, png)
@@ -450,8 +450,8 @@ def test_browser_debug_and_audit_sections(tmp_path, browser):
 
 @needs_browser
 def test_browser_shows_labels_checks_and_relations(tmp_path, browser):
-    from neurflow.labels import label_run
-    from neurflow.labels.base import Label, Labeler
+    from neurflow.analysis.labels import label_run
+    from neurflow.analysis.labels.base import Label, Labeler
 
     class Evil(Labeler):
         """Labels every group with EVIL, picks the first two crops, captions relations with EVIL."""
@@ -492,7 +492,7 @@ def test_browser_shows_labels_checks_and_relations(tmp_path, browser):
 
 @needs_browser
 def test_browser_eval_section(tmp_path, browser):
-    from neurflow.artifact import write_json
+    from neurflow.store import write_json
 
     c = tiny_run(tmp_path / "run")
     write_json(

@@ -3,10 +3,10 @@ import pytest
 import torch
 from PIL import Image
 
+from neurflow.analysis.images import image_from_data, read_image
 from neurflow.circuit import Circuit
-from neurflow.datasets import load_data
 from neurflow.errors import NeurFlowError
-from neurflow.run import image_from_data, read_image
+from neurflow.sources.datasets import load_data
 
 
 def circuit_with(meta) -> Circuit:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from neurflow.shortcut_proof import audit_proof
+from neurflow.analysis.shortcut_proof import audit_proof
 from neurflow.zoo.shortcut import ENTANGLED
 
 RECORD = Path(__file__).resolve().parents[1] / "docs" / "shortcut-proof.json"
@@ -40,7 +40,7 @@ def test_audit_finds_the_planted_shortcut_and_not_on_the_clean_model(tmp_path):
 
     # the annotations labeler names the earlier ranking's mark group by the mark tag (zoo annotations)
     from neurflow import load
-    from neurflow.labels import get_labeler, label_run
+    from neurflow.analysis.labels import get_labeler, label_run
 
     label_run(tmp_path / "shortcut", get_labeler("annotations", annotations="zoo"))
     label = load(tmp_path / "shortcut").layer(old["layer"]).groups[old["group"]].label

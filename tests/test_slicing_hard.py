@@ -15,14 +15,13 @@ from torch import nn
 
 import neurflow
 from neurflow import NeurFlow
-from neurflow.attribution import integrated_gradients
+from neurflow._state import preserved, threads
+from neurflow.attribution import integrated_gradients, integrated_gradients_sparse, plan_segment
 from neurflow.cli import main
 from neurflow.errors import NeurFlowError
-from neurflow.layers import LayerGraph, layer_names
-from neurflow.probe import preserved, threads
-from neurflow.sparse import integrated_gradients_sparse, plan
+from neurflow.slicing import LayerGraph, layer_names
 
-from conftest import assert_same_state, majority_class, model_state
+from conftest import assert_same_state, majority_class, model_state, one_line
 
 
 class InPlaceNet(nn.Module):
@@ -103,7 +102,7 @@ def check_every_layer(model, x, top, bottom, steps=2):
                 segment = graph.segment(lower, upper)
                 dense = integrated_gradients(segment, acts, extras, [[0]] * len(x), steps=steps, batch_size=8)
                 assert all(np.isfinite(s).all() for s in dense.scores), (upper, lower)
-                p = plan(segment)
+                p = plan_segment(segment)
                 sparse = p and integrated_gradients_sparse(p, acts, extras, [[0]] * len(x), steps, 8)
                 if sparse:
                     sparse_pairs += 1
@@ -332,22 +331,17 @@ def run_args(ws, factory="relu", layers="head,block1,stem", out="out"):
             "--out", str(ws / out), "--quiet"]  # fmt: skip
 
 
-def one_line(capsys, code, needle):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("neurflow: error: --layers"), err
-    assert needle in lines[0] and "Traceback" not in err, err
-
-
 def test_cli_refuses_a_cut_and_a_side_head_in_one_line(ws, capsys):
-    one_line(capsys, main(run_args(ws, "detach")), "block1 is computed from stem through .detach()")
-    one_line(capsys, main(run_args(ws, layers="aux,block1,stem")), "the model's output does not depend on aux")
+    line = one_line(run_args(ws, "detach"), capsys)
+    assert line.startswith("neurflow: error: --layers") and "block1 is computed from stem through .detach()" in line
+    line = one_line(run_args(ws, layers="aux,block1,stem"), capsys)
+    assert line.startswith("neurflow: error: --layers") and "the model's output does not depend on aux" in line
     assert not (ws / "out" / "manifest.json").exists()  # refused before the directory is claimed
 
 
 # 3. a run's identity covers the model's code --------------------------------------------------------
 def test_same_state_dict_other_forward_is_another_run_same_model_is_loaded(ws, capsys, caplog):
-    from neurflow.models import load_model
+    from neurflow.sources.models import load_model
 
     relu, tanh = load_model(f"{ws}/m.py:relu").model, load_model(f"{ws}/m.py:tanh").model
     sd_a, sd_b = relu.state_dict(), tanh.state_dict()

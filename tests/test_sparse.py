@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurflow.attribution import integrated_gradients
-from neurflow.layers import LayerGraph
-from neurflow.probe import preserved, response
-from neurflow.sparse import integrated_gradients_sparse, plan
+from neurflow._state import preserved
+from neurflow.attribution import integrated_gradients, integrated_gradients_sparse, plan_segment
+from neurflow.neurons import response
+from neurflow.slicing import LayerGraph
 
-from conftest import SKIP_LAYERS, SkipNet
+from conftest import SKIP_LAYERS, SkipNet, import_oracle
 
 
 class Residual(nn.Module):
@@ -82,7 +82,7 @@ def test_plans_follow_the_structure(blocks):
     g = LayerGraph(blocks, LAYERS)
     kinds = {}
     for upper, lower in zip(LAYERS, LAYERS[1:]):
-        p = plan(g.segment(lower, upper))
+        p = plan_segment(g.segment(lower, upper))
         kinds[upper] = None if p is None else (type(p.last).__name__, p.direct, len(p.sources), p.linear_front)
     assert kinds == {
         "block2": ("Conv2d", True, 1, False),  # conv -> BN -> ReLU -> pool on the lower output itself
@@ -93,8 +93,8 @@ def test_plans_follow_the_structure(blocks):
     }
     # SkipNet: block3's conv reads block2 + the held skip (pre-part); block2's conv reads block1
     s = LayerGraph(SkipNet(), SKIP_LAYERS)
-    assert plan(s.segment("block2", "block3")).direct is False
-    assert plan(s.segment("block1", "block2")).direct is True
+    assert plan_segment(s.segment("block2", "block3")).direct is False
+    assert plan_segment(s.segment("block1", "block2")).direct is True
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_sparse_equals_dense(blocks, upper, lower):
         requests = [sorted(rng.choice(width, size=rng.randint(0, 4), replace=False).tolist()) for _ in range(5)]
         requests[0] = list(range(width))  # every channel of one crop
         dense = integrated_gradients(seg, acts, extras, requests, steps=12, batch_size=7)
-        fast = integrated_gradients_sparse(plan(seg), acts, extras, requests, steps=12, batch_size=7)
+        fast = integrated_gradients_sparse(plan_segment(seg), acts, extras, requests, steps=12, batch_size=7)
     for a, b in zip(dense.scores, fast.scores):
         assert a.shape == b.shape
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
@@ -120,13 +120,13 @@ def test_sparse_equals_dense(blocks, upper, lower):
 
 
 def test_sparse_matches_captum(blocks):
-    captum = pytest.importorskip("captum.attr")
+    captum = import_oracle("captum.attr")
     torch.manual_seed(2)
     images = torch.randn(3, 3, 16, 16)
     with preserved(blocks, freeze=True):
         seg, acts, _ = _segment(blocks, LAYERS, "block1", "block2", images)
         node = 7
-        fast = integrated_gradients_sparse(plan(seg), acts, [], [[node]] * 3, steps=20, batch_size=16)
+        fast = integrated_gradients_sparse(plan_segment(seg), acts, [], [[node]] * 3, steps=20, batch_size=16)
         ig = captum.IntegratedGradients(lambda a: response(seg(a)))
         want = ig.attribute(acts, baselines=torch.zeros_like(acts), target=node, n_steps=20, method="gausslegendre")
     for i in range(3):
@@ -153,9 +153,10 @@ def test_pipeline_engines_agree(blocks):
 
 @pytest.mark.parametrize("upper,lower", [("block2", "block1"), ("block3", "block2")])
 def test_prefix_masks_equal_masking_the_input(blocks, upper, lower):
-    from neurflow.crops import CropPool
-    from neurflow.probe import masked_responses, masks_for
-    from neurflow.sparse import masked_prefix_responses
+    from neurflow.attribution import masked_prefix_responses
+    from neurflow.method.crops import CropPool
+    from neurflow.method.probe import masked_responses
+    from neurflow.neurons import masks_for
 
     torch.manual_seed(4)
     pool = CropPool(torch.randn(3, 3, 16, 16), (1.0, 0.5))
@@ -165,7 +166,7 @@ def test_prefix_masks_equal_masking_the_input(blocks, upper, lower):
     with preserved(blocks):
         width = g.recorder([lower])(pool.get([0]))[0].shape[1]
         want = masked_responses(g, pool, upper, lower, [n for n, js in ranked for _ in js], masks_for(sets, width))
-        p = plan(g.segment(lower, upper))
+        p = plan_segment(g.segment(lower, upper))
         with torch.no_grad():
             acts, *extras = g.prefix(lower, upper)(pool.get(range(len(pool))))
         got = masked_prefix_responses(p, acts, extras, ranked, p.tail())
@@ -180,7 +181,7 @@ def test_projection_shortcut_block_equals_dense():
         bn.running_var.uniform_(0.5, 2.0)
     g = LayerGraph(m, ["2", "1"])
     seg = g.segment("1", "2")
-    p = plan(seg)
+    p = plan_segment(seg)
     assert p is not None and len(p.sources) == 2 and not p.direct  # body's last conv, the 1x1 projection
     with preserved(m, freeze=True), torch.no_grad():
         acts = g.prefix("1", "2")(torch.randn(4, 3, 12, 12))[0]
@@ -267,7 +268,7 @@ def test_linear_front_equals_dense(block, front):
     _randomize_bn(m)
     g = LayerGraph(m, ["2", "1"])
     seg = g.segment("1", "2")
-    p = plan(seg)
+    p = plan_segment(seg)
     assert p is not None and p.linear_front is front
     with preserved(m, freeze=True), torch.no_grad():
         acts = g.prefix("1", "2")(torch.randn(4, 3, 10, 10))[0]
@@ -286,7 +287,7 @@ def test_functional_convolutions_become_maps_sharing_the_parameters():
     m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), MBConv(4)).eval()
     before = {k: (v.data_ptr(), v.clone()) for k, v in m.state_dict().items()}
     g = LayerGraph(m, ["2", "1"])
-    p = plan(g.segment("1", "2"))
+    p = plan_segment(g.segment("1", "2"))
     assert isinstance(p.last, nn.Conv2d) and p.last.weight is m[2].project.weight
     assert p.front[0].weight is m[2].expand.weight and p.front[0].groups == 1
     assert {k: v.data_ptr() for k, v in m.state_dict().items()} == {k: v[0] for k, v in before.items()}
@@ -297,13 +298,13 @@ def test_functional_convolutions_become_maps_sharing_the_parameters():
 @pytest.mark.parametrize("block", [MBConv(4), BasicBlock(4), Bottleneck(4, 4)], ids=["mbconv", "basic", "projection"])
 def test_every_path_runs_under_bf16_autocast(block):
     """--precision bf16: the sparse paths mix bfloat16 and float tensors; the scores stay close to fp32's."""
-    from neurflow.probe import precision
+    from neurflow._state import precision
 
     torch.manual_seed(8)
     m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), block).eval()
     _randomize_bn(m)
     g = LayerGraph(m, ["2", "1"])
-    p = plan(g.segment("1", "2"))
+    p = plan_segment(g.segment("1", "2"))
     with preserved(m, freeze=True), torch.no_grad():
         acts = g.prefix("1", "2")(torch.randn(4, 3, 10, 10))[0]
     requests = [[0, 3], [2], [1], [1, 2, 3, 0]]
@@ -327,12 +328,12 @@ def test_only_plain_maps_are_planned():
     path; a Linear front map is not taken as a linear front (its bias axis varies)."""
     seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(ScaledConv(4, 5, 3), nn.ReLU())).eval()
     g = LayerGraph(seq, ["2", "1"])
-    assert plan(g.segment("1", "2"), leaf_modules=(ScaledConv,)) is None
+    assert plan_segment(g.segment("1", "2"), leaf_modules=(ScaledConv,)) is None
     same = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 5, 3, padding="same"), nn.ReLU())
     )
     g = LayerGraph(same.eval(), ["2", "1"])
-    assert plan(g.segment("1", "2")) is None
+    assert plan_segment(g.segment("1", "2")) is None
 
     class LinearFront(nn.Module):
         def __init__(self):
@@ -343,12 +344,12 @@ def test_only_plain_maps_are_planned():
             return self.fc2(torch.relu(self.fc1(x)))
 
     m = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), LinearFront()).eval()
-    p = plan(LayerGraph(m, ["2", "1"]).segment("1", "2"))
+    p = plan_segment(LayerGraph(m, ["2", "1"]).segment("1", "2"))
     assert p is not None and not p.linear_front
 
 
 def test_a_layernorm_over_several_axes_does_not_say_channels_last():
-    from neurflow.layers import module_axis
+    from neurflow.slicing import module_axis
 
     assert module_axis(nn.LayerNorm(8), lambda m: None) == -1
     assert module_axis(nn.LayerNorm([4, 6, 6]), lambda m: None) is None

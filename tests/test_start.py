@@ -61,7 +61,7 @@ def test_a_command_still_loads_torch_when_it_runs():
 
 def test_scheme_registries_hold_the_built_ins_without_torch():
     result = _fresh(
-        "import json, sys\nfrom neurflow.schemes import data_schemes, model_schemes\n"
+        "import json, sys\nfrom neurflow.sources.schemes import data_schemes, model_schemes\n"
         "print(json.dumps([list(model_schemes()), list(data_schemes()), 'torch' in sys.modules]))"
     )
     models, data, torch_loaded = result
@@ -70,17 +70,17 @@ def test_scheme_registries_hold_the_built_ins_without_torch():
     assert not torch_loaded
 
 
-def test_the_light_copies_are_the_ones_the_library_uses():
-    from neurflow import datasets, evaluate, models, options, run, schemes
-    from neurflow.evaluate import common
+def test_the_light_registries_are_the_ones_the_library_uses():
+    import neurflow
+    from neurflow import options
+    from neurflow.analysis import evaluate
+    from neurflow.sources import datasets, models, schemes
 
     assert tuple(evaluate.EXPERIMENTS) == options.EXPERIMENT_NAMES
-    assert datasets.TRANSFORMS == options.TRANSFORMS
-    assert run.Reopen is options.Reopen and evaluate.Options is options.EvalOptions is common.Options
-    assert models.register_model_scheme is schemes.register_model_scheme
-    assert datasets.register_data_scheme is schemes.register_data_scheme
-    assert models.model_schemes() == schemes.model_schemes()
-    loaded = models.load_model("torchvision:resnet18")  # the built-in scheme, registered in schemes.py
+    assert datasets.TRANSFORMS is options.TRANSFORMS
+    assert neurflow.register_model_scheme is schemes.register_model_scheme
+    assert neurflow.register_data_scheme is schemes.register_data_scheme
+    loaded = models.load_model("torchvision:resnet18")  # the built-in plugin, registered through schemes.py
     assert type(loaded.model).__name__ == "ResNet" and loaded.spec == "torchvision:resnet18"
 
 

@@ -10,7 +10,7 @@ from neurflow.circuit import Circuit, Group, Layer, Node, SubConcept
 from neurflow.cli import build_parser, from_flags
 from neurflow.config import NeurFlowConfig, count_or_counts, groups_per_layer
 from neurflow.errors import NeurFlowError
-from neurflow.groups import assemble, trace
+from neurflow.method.groups import assemble, trace
 
 RUN = ["run", "--model", "m", "--data", "d", "--layers", "a,b", "--target", "0", "--out", "o"]
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from neurflow.datasets import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
+from neurflow.sources.datasets import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 
-T = pytest.importorskip("torchvision.transforms")
+from conftest import import_oracle
+
+T = import_oracle("torchvision.transforms")
 
 SIZES = [
     (257, 300),

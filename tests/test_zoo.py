@@ -4,8 +4,8 @@ from importlib import resources
 import pytest
 import torch
 
-from neurflow.datasets import load_data
-from neurflow.models import load_model
+from neurflow.sources.datasets import load_data
+from neurflow.sources.models import load_model
 from neurflow.zoo.fashion import CLASS_NAMES, FashionCNN, read_idx
 
 
@@ -53,7 +53,7 @@ def test_efficientnet_lite0_predicts_espresso_for_the_coffee_photo():
 
 
 def test_marked_split_records_its_subset():
-    from neurflow.zoo import shortcut
+    from neurflow.zoo.shortcut import SHORTCUT as shortcut
 
     ds = load_data("zoo:fashion-mnist-marked")
     clean = load_data("zoo:fashion-mnist")
@@ -61,7 +61,7 @@ def test_marked_split_records_its_subset():
     marked = ds.info["marked"]
     assert list(marked) == record["marked"] == list(shortcut.test_marked(clean.labels))  # reproducible
     assert torch.bincount(ds.labels[torch.as_tensor(marked)]).tolist() == [100] * 10  # 10 % of every class
-    t, l, s = shortcut.MARK_TOP, shortcut.MARK_LEFT, shortcut.MARK_SIZE
+    t, l, s = shortcut.top, shortcut.left, shortcut.size
     assert torch.all(ds.images[marked, :, t : t + s, l : l + s] == 1.0)
     rest = torch.ones(10000, dtype=torch.bool)
     rest[torch.as_tensor(marked)] = False
@@ -73,15 +73,16 @@ def test_marked_split_records_its_subset():
 
 
 def test_shortcut_model_leans_on_the_mark_as_recorded():
-    from neurflow.zoo import shortcut
+    from neurflow.analysis.shortcut_proof import mark_effect
+    from neurflow.zoo.shortcut import SHORTCUT
 
     card = json.loads((resources.files("neurflow.zoo") / "weights" / "accuracy-shortcut.json").read_text())
     model = load_model("zoo:fashion-cnn-shortcut").model
-    eff = shortcut.mark_effect(model)
+    eff = mark_effect(SHORTCUT, model)
     assert abs(eff["marked_others_to_target"] - card["marked_others_predicted_target"]) <= 0.002
     assert abs(eff["clean_target_recall"] - card["clean_target_recall"]) <= 0.002
     assert eff["marked_others_to_target"] > 0.3 > 0.01 > eff["clean_others_to_target"]
-    clean = shortcut.mark_effect(load_model("zoo:fashion-cnn").model)
+    clean = mark_effect(SHORTCUT, load_model("zoo:fashion-cnn").model)
     assert clean["marked_others_to_target"] < 0.01  # the clean model ignores it
 
 
@@ -108,10 +109,11 @@ def test_entangled_split_records_its_subset_and_the_checkerboard():
 
 
 def test_entangled_model_leans_on_the_mark_as_recorded():
+    from neurflow.analysis.shortcut_proof import mark_effect
     from neurflow.zoo.shortcut import ENTANGLED
 
     card = json.loads((resources.files("neurflow.zoo") / "weights" / "accuracy-entangled.json").read_text())
-    eff = ENTANGLED.mark_effect(load_model("zoo:fashion-cnn-entangled").model)
+    eff = mark_effect(ENTANGLED, load_model("zoo:fashion-cnn-entangled").model)
     assert abs(eff["marked_others_to_target"] - card["marked_others_predicted_target"]) <= 0.002
     assert abs(eff["clean_target_recall"] - card["clean_target_recall"]) <= 0.002
     assert eff["marked_others_to_target"] > 0.3 > 0.01 > eff["clean_others_to_target"]

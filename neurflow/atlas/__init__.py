@@ -10,6 +10,7 @@ atlas that compares them (docs/atlas.md).
 * ``similarity``: the circuit-overlap similarity (weighted Jaccard), its agreement with the
   model's confusion (Spearman, Mantel permutation p-value) and the clustering order;
 * ``page``: ``atlas.json`` and the self-contained ``index.html``;
+* ``layout``: where those and the class directories lie in an atlas directory (``AtlasDir``);
 * ``cli``: the command's flags and ``cmd_atlas``.
 
 This package is imported by the command line's parser: nothing here imports torch or ray at
@@ -23,7 +24,7 @@ __all__ = ["run_atlas"]
 
 def __getattr__(name: str):
     if name == "run_atlas":
-        from .driver import run_atlas
+        from .driver import run_atlas  # lazy: `import neurflow.atlas` stays light
 
         return run_atlas
     raise AttributeError(f"module 'neurflow.atlas' has no attribute {name!r}")

@@ -17,10 +17,18 @@ import re
 import time
 from pathlib import Path
 
+from .._state import available_cpus
 from ..errors import NeurFlowError
-from .plan import ATLAS_FILES, Plan, Prepared, prepare
+from ..options import AtlasOptions
+from ..progress import progress
+from ..store import RunDir
+from .layout import ATLAS_FILES
+from .page import write_atlas
+from .plan import Plan, Prepared, prepare
+from .workers import ClassWorker
 
 log = logging.getLogger(__name__)
+ATLAS = AtlasOptions()  # the defaults of run_atlas (and of neurflow atlas's flags)
 
 MAX_RESTARTS = 3  # a worker killed (OOM, node lost) is restarted this often
 MAX_TASK_RETRIES = 3  # a class whose worker died is retried this often
@@ -30,19 +38,17 @@ _ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
 
 def run_atlas(
     plan: Plan,
-    workers: int | None = None,
-    threads: int | None = None,
-    gpus: float = 0.0,
-    ray_address: str | None = None,
-    quiet: bool = False,
+    workers: int | None = ATLAS.workers,
+    threads: int | None = ATLAS.threads_per_worker,
+    gpus: float = ATLAS.gpus_per_worker,
+    ray_address: str | None = ATLAS.ray_address,
+    quiet: bool = ATLAS.quiet,
     on_workers=None,
 ) -> dict:
     """Run every class of ``plan`` and write the atlas; returns the atlas (``atlas.json``'s
     content).  ``workers`` 0: serially in this process, without Ray; None: as many as the CPUs
     (local: this machine's, a cluster: the cluster's) over ``threads`` per worker.
     ``on_workers(actors)``: called with the Ray actors once created (tests find their pids)."""
-    from .page import write_atlas
-
     if workers is not None and workers < 0:
         raise NeurFlowError("workers", "an integer >= 0 (0: serially, without Ray)", workers)
     if threads is not None and threads < 1:
@@ -139,8 +145,6 @@ def _connect(ray, address, workers, threads: int, gpus: float) -> bool:
     kw = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if address in (None, "local"):
-            from ..probe import available_cpus
-
             n = workers or max(1, available_cpus() // threads)
             # Ray starts its workers at niceness 15: on a shared machine they would yield to every
             # other process, so that the atlas ran slower than a serial run; ours run as the driver
@@ -158,14 +162,12 @@ def _connect(ray, address, workers, threads: int, gpus: float) -> bool:
 
 # -- running the classes -------------------------------------------------------------------------
 def _bar(prep: Prepared, quiet: bool):
-    from ..progress import progress
-
     return progress(total=len(prep.classes), desc="atlas", quiet=quiet, unit="class")
 
 
 def _layers_done(directory) -> int:
     try:
-        m = json.loads((Path(directory) / "manifest.json").read_text())
+        m = json.loads(RunDir(directory).manifest.read_text())
     except (OSError, ValueError):
         return 0
     return len(m.get("layers_done", [])) + (1 if m.get("complete") else 0)
@@ -181,8 +183,6 @@ def _show_running(bar, prep: Prepared, running: list) -> None:
 
 
 def _run_serial(prep: Prepared, quiet: bool) -> list:
-    from .workers import ClassWorker
-
     worker = ClassWorker(prep.plan, prep.predictions, None, prep.loaded, prep.data, quiet=True)
     results = []
     with _bar(prep, quiet) as bar:
@@ -194,8 +194,6 @@ def _run_serial(prep: Prepared, quiet: bool) -> list:
 
 
 def _run_ray(ray, prep: Prepared, n: int, threads: int, gpus: float, quiet: bool, on_workers=None) -> list:
-    from .workers import ClassWorker
-
     actor = ray.remote(ClassWorker).options(
         num_cpus=threads,
         num_gpus=gpus or 0,

@@ -9,12 +9,17 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._state import running
 from ..config import NeurFlowConfig
-from ..demo import DEMOS, slug
+from ..demo import DEMOS
 from ..errors import NeurFlowError
-
-CLASSES = "classes"  # DIR/classes/<index>-<slug>/: one run directory per class
-ATLAS_FILES = ("atlas.json", "index.html", CLASSES)
+from ..method import resolve_target
+from ..method.probe import logits
+from ..options import AtlasOptions
+from ..provenance import Provenance
+from ..slicing import LayerGraph
+from ..sources.inputs import load_inputs, run_provenance
+from .layout import AtlasDir
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,7 @@ class Plan:
     data: str
     layers: tuple | None
     config: NeurFlowConfig
-    targets: str | tuple = "all"
+    targets: str | tuple = AtlasOptions().targets
     out: str = "runs/atlas"
     weights: str | None = None
     trust_checkpoint: bool = False
@@ -37,8 +42,12 @@ class Plan:
     def root(self) -> Path:
         return Path(self.out)
 
+    @property
+    def dir(self) -> AtlasDir:
+        return AtlasDir(self.out)
+
     def class_dir(self, index: int, name: str | None) -> Path:
-        return self.root / CLASSES / f"{int(index)}-{slug(name if name is not None else str(index))}"
+        return self.dir.class_dir(index, name)
 
 
 def demo_plan(name: str = "fashion-cnn", out: str | None = None, **runtime) -> Plan:
@@ -86,8 +95,6 @@ class Prepared:
 def provenance(plan: Plan, loaded, data):
     """What each class records about its model and data: exactly what ``neurflow demo`` (demo
     plans) or ``neurflow run`` records, so that a class's circuit equals theirs."""
-    from ..provenance import Provenance
-
     files = tuple(data.files) if data.files else None
     if plan.demo:
         demo = DEMOS[plan.demo]
@@ -99,15 +106,11 @@ def provenance(plan: Plan, loaded, data):
             note=demo.note,
             files=files,
         )
-    from ..inputs import run_provenance
-
     return run_provenance(loaded, plan.weights, plan.data, data)
 
 
-def load(plan: Plan):
+def load_plan_inputs(plan: Plan):
     """(LoadedModel, Dataset, layers) of the plan: what every worker loads once."""
-    from ..inputs import load_inputs
-
     return load_inputs(plan.model, plan.weights, plan.trust_checkpoint, plan.config.seed, plan.layers, plan.data,
                        plan.transform)  # fmt: skip
 
@@ -115,18 +118,7 @@ def load(plan: Plan):
 def predict(model, images, layers, cfg: NeurFlowConfig):
     """The model's logits on ``images`` exactly as ``NeurFlow.fit`` computes them (the traced
     graph, the run's batch size, device and threads): the prediction pass the classes share."""
-    import torch
-
-    from ..layers import LayerGraph
-    from ..probe import logits, on_device, preserved, threads
-
-    with (
-        torch.random.fork_rng(devices=[]),
-        preserved(model, freeze=True),
-        on_device(model, cfg.device),
-        threads(cfg.threads),
-    ):
-        torch.manual_seed(cfg.seed)
+    with running(model, cfg.device, cfg.threads, cfg.seed):
         graph = LayerGraph(model, layers, (), cfg.channel_axis)
         return logits(graph.full(), images, batch_size=cfg.batch_size, device=cfg.device, finite=True)
 
@@ -136,9 +128,7 @@ def prepare(plan: Plan) -> Prepared:
     for an unknown layer or target or a class without images (nothing is written here)."""
     import torch
 
-    from ..pipeline import resolve_target
-
-    loaded, data, layers = load(plan)
+    loaded, data, layers = load_plan_inputs(plan)
     plan = dataclasses.replace(plan, layers=tuple(layers))
     pred = predict(loaded.model, data.images, layers, plan.config)
     n_classes = int(pred.shape[1])

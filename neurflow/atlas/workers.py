@@ -12,7 +12,11 @@ import logging
 import os
 import time
 
+from ..analysis.report import write_report
 from ..errors import NeurFlowError
+from ..method import NeurFlow
+from ..store import RunDir
+from . import plan as plans
 from .plan import Plan
 
 
@@ -24,13 +28,11 @@ class ClassWorker:
     def __init__(self, plan: Plan, predictions, threads: int | None = None, loaded=None, data=None, quiet=True):
         import torch
 
-        from . import plan as plans
-
         if threads:
             torch.set_num_threads(int(threads))
         if loaded is None or data is None:
             logging.basicConfig(level=logging.WARNING, format="neurflow worker: %(message)s")
-            loaded, data, _ = plans.load(plan)
+            loaded, data, _ = plans.load_plan_inputs(plan)
         self.plan, self.loaded, self.data = plan, loaded, data
         self.predictions = predictions
         self.prov = plans.provenance(plan, loaded, data)
@@ -68,18 +70,12 @@ class ClassWorker:
         return result
 
     def _fit(self, index: int, out) -> None:
-        from ..artifact import RunDir
-        from ..pipeline import NeurFlow
-        from ..report import write_report
-
         plan, loaded, data = self.plan, self.loaded, self.data
-        NeurFlow(plan.config).fit(
-            loaded.model,
-            data.images,
+        NeurFlow(plan.config).fit_loaded(
+            loaded,
+            data,
             int(index),
             list(plan.layers or ()),
-            labels=data.labels,
-            class_names=loaded.class_names or data.class_names,
             out=out,
             overwrite=plan.overwrite,
             quiet=self.quiet,

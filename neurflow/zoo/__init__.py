@@ -15,37 +15,44 @@ model and data schemes; ``neurflow.models`` and ``neurflow.datasets`` know nothi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import unknown_name
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MODELS = ("fashion-cnn", "fashion-cnn-shortcut", "fashion-cnn-entangled", "efficientnet-lite0")
 DATA = ("fashion-mnist", "fashion-mnist-marked", "fashion-mnist-entangled", "photos")
 
 
 def register() -> None:
-    """Register the ``zoo:`` schemes (called once by ``neurflow.schemes.load_plugins``)."""
-    from ..schemes import register_data_scheme, register_model_scheme  # not ..models: no torch to register
+    """Register the ``zoo:`` schemes (called once by ``neurflow.sources.schemes.load_plugins``)."""
+    from ..sources.schemes import register_data_scheme, register_model_scheme  # not ..models: no torch to register
 
     register_model_scheme(
         "zoo",
-        load_model,
+        zoo_model,
         "zoo:NAME - the embedded zoo, offline: " + ", ".join(MODELS) + " (shipped weights, or a weights file given)",
     )
-    register_data_scheme("zoo", load_data, "zoo:NAME - the embedded zoo data, offline: " + ", ".join(DATA))
+    register_data_scheme("zoo", zoo_data, "zoo:NAME - the embedded zoo data, offline: " + ", ".join(DATA))
 
 
-def load_model(name: str):
-    from ..models import LoadedModel
+def zoo_model(name: str):
+    """The ``zoo:`` model scheme's loader: ``name`` is what follows ``zoo:``."""
+    from ..sources.models import LoadedModel  # lazy: the plugin registers without torch
 
+    model: nn.Module
     if name == "fashion-cnn":
-        from .fashion import fashion_cnn
+        from .fashion import fashion_cnn  # lazy: the plugin registers without torch
 
         model = fashion_cnn()
     elif name in ("fashion-cnn-shortcut", "fashion-cnn-entangled"):
-        from .fashion import fashion_cnn
+        from .fashion import fashion_cnn  # lazy: the plugin registers without torch
 
         model = fashion_cnn(f"{name}.pt")
     elif name == "efficientnet-lite0":
-        from .imagenet import efficientnet_lite0
+        from .imagenet import efficientnet_lite0  # lazy: the plugin registers without torch
 
         model = efficientnet_lite0()
     else:
@@ -55,24 +62,25 @@ def load_model(name: str):
     )
 
 
-def load_data(name: str):
-    from ..datasets import Dataset
+def zoo_data(name: str):
+    """The ``zoo:`` data scheme's loader: ``name`` is what follows ``zoo:``."""
+    from ..sources.datasets import Dataset  # lazy: the plugin registers without torch
 
     if name == "fashion-mnist":
-        from .fashion import CLASS_NAMES, load_split
+        from .fashion import CLASS_NAMES, load_split  # lazy: the plugin registers without torch
 
         images, labels = load_split("test")
         return Dataset(images, labels, list(CLASS_NAMES), None, 0, "zoo:fashion-mnist")
     if name == "fashion-mnist-marked":
-        from .shortcut import marked_test_split
+        from .shortcut import SHORTCUT  # lazy: the plugin registers without torch
 
-        return marked_test_split()
+        return SHORTCUT.marked_test_split()
     if name == "fashion-mnist-entangled":
-        from .shortcut import ENTANGLED
+        from .shortcut import ENTANGLED  # lazy: the plugin registers without torch
 
         return ENTANGLED.marked_test_split()
     if name == "photos":
-        from .imagenet import photos
+        from .imagenet import photos  # lazy: the plugin registers without torch
 
         return photos()
     raise unknown_name("data", f"zoo:{name}", [f"zoo:{d}" for d in DATA])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NeurFlowError
+from .fashion import CLASS_NAMES, load_split
+from .shortcut import SHORTCUT
 
 SPECS = ("zoo:fashion-mnist", "zoo:fashion-mnist-marked")
 
@@ -25,16 +27,15 @@ def zoo_annotations(spec) -> list[tuple[str, str, tuple | None]]:
             spec,
             "give an annotation file (CSV or JSON) for other data",
         )
-    from .fashion import CLASS_NAMES, load_split
-    from .shortcut import mark_box, recorded_subset
-
     images, labels = load_split("test")
     x = images[:, 0].numpy()
-    records = [(str(i), CLASS_NAMES[int(y)], None) for i, y in enumerate(labels.tolist())]
+    records: list[tuple[str, str, tuple | None]] = [
+        (str(i), CLASS_NAMES[int(y)], None) for i, y in enumerate(labels.tolist())
+    ]
     mean = x.mean(axis=(1, 2))
     lo, hi = np.quantile(mean, [1 / 3, 2 / 3])
     on = x > 0.1
-    rows, cols = on.any(axis=2), on.any(axis=1)
+    rows, cols = np.any(on, axis=2), np.any(on, axis=1)
     for i in range(len(x)):
         if mean[i] >= hi:
             records.append((str(i), "bright", None))
@@ -48,6 +49,6 @@ def zoo_annotations(spec) -> list[tuple[str, str, tuple | None]]:
             elif h >= 1.3 * w:
                 records.append((str(i), "tall", None))
     if spec == "zoo:fashion-mnist-marked":
-        box = tuple(float(v) for v in mark_box())
-        records += [(str(i), "mark", box) for i in recorded_subset()["marked"]]
+        box = tuple(float(v) for v in SHORTCUT.mark_box())
+        records += [(str(i), "mark", box) for i in SHORTCUT.recorded_subset()["marked"]]
     return records

@@ -4,8 +4,10 @@ Debian's darknet samples when installed).  Needs ``pip install 'neurflow[imagene
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
+from typing import Callable
 
 import numpy as np
 import torch
@@ -13,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import NeurFlowError
+from ..sources.datasets import Dataset, imagenet_transform
 
 LITE_MEAN, LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # the lite models' [-1, 1] scaling
 EXTRA_HINT = "pip install 'neurflow[imagenet]'"
@@ -68,9 +71,13 @@ def efficientnet_lite0() -> EfficientNetLite0:
     return model.eval()
 
 
-def photo_files() -> list[tuple[str, object]]:
+def _read_rgb(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def photo_files() -> list[tuple[str, Callable[[], np.ndarray]]]:
     """(name, loader) of every real photo available offline."""
-    out = []
+    out: list[tuple[str, Callable[[], np.ndarray]]] = []
     try:
         import skimage.data as sk
 
@@ -83,7 +90,7 @@ def photo_files() -> list[tuple[str, object]]:
         from sklearn.datasets import load_sample_image
 
         for name in ("china.jpg", "flower.jpg"):
-            out.append((f"sklearn/{name}", lambda n=name: load_sample_image(n)))
+            out.append((f"sklearn/{name}", functools.partial(load_sample_image, name)))
     except ImportError:
         pass
     try:
@@ -91,17 +98,15 @@ def photo_files() -> list[tuple[str, object]]:
 
         sample = os.path.join(matplotlib.get_data_path(), "sample_data")
         for f in sorted(glob.glob(os.path.join(sample, "*.jpg")) + glob.glob(os.path.join(sample, "*.png"))):
-            out.append((f"matplotlib/{os.path.basename(f)}", lambda f=f: np.asarray(Image.open(f).convert("RGB"))))
+            out.append((f"matplotlib/{os.path.basename(f)}", functools.partial(_read_rgb, f)))
     except ImportError:
         pass
     for f in sorted(glob.glob("/usr/share/darknet/data/*.jpg")):
-        out.append((f"darknet/{os.path.basename(f)}", lambda f=f: np.asarray(Image.open(f).convert("RGB"))))
+        out.append((f"darknet/{os.path.basename(f)}", functools.partial(_read_rgb, f)))
     return out
 
 
 def photos():
-    from ..datasets import Dataset, imagenet_transform
-
     images, names = [], []
     for name, loader in photo_files():
         arr = np.asarray(loader())

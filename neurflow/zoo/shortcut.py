@@ -25,6 +25,9 @@ from importlib import resources
 import numpy as np
 import torch
 
+from ..sources.datasets import Dataset
+from .fashion import CLASS_NAMES, load_split
+
 
 @dataclass(frozen=True)
 class Plant:
@@ -94,9 +97,6 @@ class Plant:
 
     def marked_test_split(self):
         """The Dataset of the marked test split (``info['marked']``: the marked indices)."""
-        from ..datasets import Dataset
-        from .fashion import CLASS_NAMES, load_split
-
         images, labels = load_split("test")
         record = self.recorded_subset()
         marked = np.asarray(record["marked"], dtype=np.int64)
@@ -118,41 +118,14 @@ class Plant:
         s = self.size
         return top <= self.top and left <= self.left and self.top + s <= top + h and self.left + s <= left + w
 
-    def mark_effect(self, model, layer: str | None = None, neurons=(), batch_size: int = 1000) -> dict:
-        """How much the model leans on the mark, optionally with ``neurons`` of ``layer`` zeroed,
-        measured on the 10,000 test images:
-
-        * ``marked_others_to_target``: share of the other classes' images predicted as the
-          target once the mark is stamped on them;
-        * ``clean_others_to_target``: the same without the mark;
-        * ``mark_logit_shift``: mean rise of the target's logit on the other classes' images
-          when the mark is stamped (marked minus clean, same images);
-        * ``clean_target_recall``: share of the clean target-class images predicted as it.
-        """
-        from ..probe import logits
-        from .fashion import load_split
-
-        x, y = load_split("test")
-        t = self.target
-        other = y != t
-        zero = {layer: sorted({int(n) for n in neurons})} if layer is not None else None
-        clean = logits(model, x, zero=zero, batch_size=batch_size)
-        marked = logits(model, self.stamp(x[other]), zero=zero, batch_size=batch_size)
-        return {
-            "marked_others_to_target": float((marked.argmax(1) == t).float().mean()),
-            "clean_others_to_target": float((clean[other].argmax(1) == t).float().mean()),
-            "mark_logit_shift": float((marked[:, t] - clean[other][:, t]).mean()),
-            "clean_target_recall": float((clean[~other].argmax(1) == t).float().mean()),
-        }
-
 
 def choose(labels: torch.Tensor, classes, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices: a seeded ``fraction`` of the images of each class in ``classes``."""
     rng = np.random.RandomState(seed)
-    labels = np.asarray(labels)
+    y = np.asarray(labels)
     picked = []
     for c in classes:
-        idx = np.nonzero(labels == c)[0]
+        idx = np.nonzero(y == c)[0]
         n = int(round(fraction * len(idx)))
         picked.append(np.sort(rng.choice(idx, size=n, replace=False)))
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
@@ -189,20 +162,3 @@ ENTANGLED = Plant(
     subset_file="entangled-subset.json",
 )
 PLANTS = {p.name: p for p in (SHORTCUT, ENTANGLED)}
-
-# the first planted shortcut's names, as they were before ``Plant``
-SHORTCUT_CLASS = SHORTCUT.target
-MARK_TOP, MARK_LEFT, MARK_SIZE = SHORTCUT.top, SHORTCUT.left, SHORTCUT.size
-MARK_VALUE = SHORTCUT.value
-TRAIN_FRACTION, TRAIN_SEED = SHORTCUT.train_fraction, SHORTCUT.train_seed
-TEST_FRACTION, TEST_SEED = SHORTCUT.test_fraction, SHORTCUT.test_seed
-SUBSET_FILE = SHORTCUT.subset_file
-mark_box = SHORTCUT.mark_box
-stamp = SHORTCUT.stamp
-train_marked = SHORTCUT.train_marked
-test_marked = SHORTCUT.test_marked
-recorded_subset = SHORTCUT.recorded_subset
-subset_record = SHORTCUT.subset_record
-marked_test_split = SHORTCUT.marked_test_split
-contains_mark = SHORTCUT.contains_mark
-mark_effect = SHORTCUT.mark_effect
