@@ -54,3 +54,16 @@ def test_an_unknown_setting_is_one_line_with_the_close_match(make):
 def test_set_params_validates_like_the_constructor():
     with pytest.raises(NeurFlowError, match="tau: expected an integer >= 1"):
         neurflow.NeurFlow().set_params(tau=0)
+
+
+def test_the_settings_are_in_the_signature_and_the_docstring():
+    import inspect
+
+    params = inspect.signature(neurflow.NeurFlow).parameters
+    fields = dataclasses.fields(NeurFlowConfig)
+    assert list(params) == ["config", *(f.name for f in fields)]
+    assert all(
+        params[f.name].default == f.default and params[f.name].kind is inspect.Parameter.KEYWORD_ONLY for f in fields
+    )
+    doc = neurflow.NeurFlow.__doc__
+    assert "    tau : int, default 16\n        core neurons per node" in doc and "    top_k : int, default 50" in doc

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -257,6 +259,40 @@ class NeurFlow:
             meta=frozen_map(prov.to_meta()),
             arrays=frozen_map(arrays),
         )
+
+
+def _settings_signature() -> inspect.Signature:
+    """``NeurFlow(config=None, *, tau=16, top_k=50, ...)``: every setting a keyword parameter with its
+    default, read off ``NeurFlowConfig`` (what ``help()``, ``inspect`` and tab completion show)."""
+    kind = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    ]
+    params += [
+        inspect.Parameter(f.name, kind, default=f.default, annotation=f.type)
+        for f in dataclasses.fields(NeurFlowConfig)
+    ]
+    return inspect.Signature(params)
+
+
+def _settings_doc() -> str:
+    """A numpydoc ``Parameters`` section of the settings, from the fields' help."""
+    lines = [
+        "",
+        "    Parameters",
+        "    ----------",
+        "    config : NeurFlowConfig, optional",
+        "        All settings at once; the keywords below replace single ones.",
+    ]
+    for f in dataclasses.fields(NeurFlowConfig):
+        lines.append(f"    {f.name} : {f.type}, default {f.default!r}")
+        lines += textwrap.wrap(f.metadata.get("help", ""), 96, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    return "\n".join(lines) + "\n"
+
+
+NeurFlow.__init__.__signature__ = _settings_signature()  # type: ignore[attr-defined]
+NeurFlow.__doc__ = (NeurFlow.__doc__ or "") + _settings_doc()
 
 
 def _check_settings(settings: dict) -> None:
