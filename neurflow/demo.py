@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .config import NeurFlowConfig
 from .errors import unknown_name
+from .provenance import Provenance
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,6 @@ def run_demo(
     """Run a demo; returns (fitted NeurFlow, output directory, wall seconds, Demo).  ``runtime``:
     settings that do not change the circuit (``device``, ``threads``, ``batch_size``, ``engine``)."""
     from .method import NeurFlow  # lazy: the parser reads DEMOS without torch
-    from .provenance import Provenance  # lazy: the parser reads DEMOS without torch
     from .sources.datasets import load_data  # lazy: the parser reads DEMOS without torch
     from .sources.models import load_model  # lazy: the parser reads DEMOS without torch
 

@@ -2,9 +2,10 @@
 
 ``neurflow --help`` (and every ``neurflow COMMAND --help``) builds the whole parser, so whatever
 the parser reads must import in a blink: this module, ``config.py``, ``demo.py``, the scheme
-registries (``schemes.py``) and the labeler registry (``labels/__init__.py``) import neither torch
-nor scipy nor scikit-learn (``tests/test_start.py`` checks it).  The classes are re-exported where
-they are used: ``run.Reopen`` and ``evaluate.Options``.  ``DebugOptions``, ``AuditOptions``,
+registries (``sources/schemes.py``) and the labeler registry (``analysis/labels/__init__.py``) import
+neither torch nor scipy nor scikit-learn (``tests/test_start.py`` checks it).  ``Reopen`` holds how
+debug, audit and eval reopen a run's model and data, ``EvalOptions`` the experiments' options
+(``analysis.evaluate`` calls it ``Options``).  ``DebugOptions``, ``AuditOptions``,
 ``LabelOptions`` and ``AtlasOptions`` hold the defaults of ``debug_image``, ``audit``,
 ``label_run`` and ``run_atlas`` (the functions read them from here) and the help of their flags.
 """

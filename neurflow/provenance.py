@@ -7,7 +7,9 @@ guessing: the specs that reopen the model and data are stored as such (``model_s
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 # keys of ``meta`` that are not fields (written by older versions or derived)
@@ -90,9 +92,6 @@ def _legacy_specs(meta: Mapping) -> dict:
     or what a Python caller passed as ``meta``) and otherwise the model's class name and
     ``tensor [N, C, H, W]``.  0.1 reopened a ``model`` with a ':' or naming a file, and any
     ``data`` but ``tensor [...]``: the same rule here, for those runs only."""
-    import json
-    from pathlib import Path
-
     model, data = str(meta.get("model") or ""), str(meta.get("data") or "")
     model_spec = model if (":" in model or Path(model).is_file()) else None
     tensor = data.startswith("tensor ")

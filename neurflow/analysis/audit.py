@@ -167,7 +167,7 @@ def audit(
     chosen = _chosen_layers(names, layers)
     base = logits(model, images, batch_size=batch_size, device=device)
     fp, tp, totals = _sample(base.argmax(1), labels, circuit.target, max_images, seed)
-    probe = Probe.of(model, images, base, fp, tp, circuit.target, batch_size, device, circuit.config.channel_axis)
+    probe = AuditSample.of(model, images, base, fp, tp, circuit.target, batch_size, device, circuit.config.channel_axis)
     per_layer = [(circuit.layer(n), _candidates(circuit, n, max_candidates)) for n in chosen]
     rows = sorted(_rows(probe, names[0], per_layer, quiet), key=rank_key(names))
     _annotate_best(probe, circuit, images[torch.from_numpy(fp)], fp, rows)
@@ -176,7 +176,7 @@ def audit(
 
 
 @dataclass(frozen=True)
-class Probe:
+class AuditSample:
     """What every candidate is measured on: ``x``, the sampled false positives (the first ``nf``)
     then true positives, their logits ``ref``, the target ``t``; and how the model runs."""
 
@@ -190,7 +190,7 @@ class Probe:
     channel_axis: str
 
     @classmethod
-    def of(cls, model, images, base, fp, tp, t: int, batch_size: int, device, channel_axis: str) -> "Probe":
+    def of(cls, model, images, base, fp, tp, t: int, batch_size: int, device, channel_axis: str) -> "AuditSample":
         x = torch.cat([images[torch.from_numpy(fp)], images[torch.from_numpy(tp)]])
         ref = base[torch.from_numpy(np.concatenate([fp, tp]))]
         return cls(model, x, ref, t, len(fp), batch_size, device, channel_axis)
@@ -260,7 +260,7 @@ def _candidates(circuit: Circuit, name: str, max_candidates: int) -> list:
     return layer_candidates(circuit.layer(name), keys, vectors, max_candidates)
 
 
-def _rows(probe: Probe, class_layer: str, per_layer: list, quiet: bool) -> list[dict]:
+def _rows(probe: AuditSample, class_layer: str, per_layer: list, quiet: bool) -> list[dict]:
     """One row per candidate of ``per_layer`` ([(layer, candidates)]), in that order: its
     ``measures`` with its neurons zeroed."""
     rows = []
@@ -284,7 +284,7 @@ def _rows(probe: Probe, class_layer: str, per_layer: list, quiet: bool) -> list[
     return rows
 
 
-def _annotate_best(probe: Probe, circuit: Circuit, fp_images: torch.Tensor, fp, rows: list) -> None:
+def _annotate_best(probe: AuditSample, circuit: Circuit, fp_images: torch.Tensor, fp, rows: list) -> None:
     """The best rows (``rows``, ranked) get, for m = 1..``JOINT_TOP``, ``joint_fp_fixed`` /
     ``joint_tp_kept`` (with rows 1..m zeroed together), and the best ``FP_EXEMPLAR_ROWS``
     ``fp_exemplars``."""

@@ -206,7 +206,7 @@ def fp_crop_name(entry: dict) -> str:
 
 def fp_thumbnails(images: torch.Tensor, rows: list, max_px: int = 64) -> dict:
     """{file name: PNG bytes} of the rows' false-positive exemplars, cut from ``images`` (the
-    audited data), shown as the run's thumbnails are (``data.display_range``)."""
+    audited data), shown as the run's thumbnails are (``store.display_range``)."""
     import io
 
     from PIL import Image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,6 @@ from ..sources.datasets import IMAGE_EXT, imagenet_transform, to_rgb
 
 def shrink_png(data: bytes, max_px: int | None) -> bytes:
     """PNG ``data`` resized to at most ``max_px`` px a side (unchanged when it is that small)."""
-    import io
-
     if not max_px:
         return data
     with Image.open(io.BytesIO(data)) as im:

@@ -10,10 +10,12 @@ Rerunning the same command resumes: a finished class is reloaded by ``fit`` (not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from .plan import Plan, Prepared, prepare
 from .workers import ClassWorker
 
 log = logging.getLogger(__name__)
-ATLAS = AtlasOptions()  # the defaults of run_atlas (and of neurflow atlas's flags)
+OPTIONS = AtlasOptions()  # the defaults of run_atlas (and of neurflow atlas's flags)
 
 MAX_RESTARTS = 3  # a worker killed (OOM, node lost) is restarted this often
 MAX_TASK_RETRIES = 3  # a class whose worker died is retried this often
@@ -38,11 +40,11 @@ _ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
 
 def run_atlas(
     plan: Plan,
-    workers: int | None = ATLAS.workers,
-    threads: int | None = ATLAS.threads_per_worker,
-    gpus: float = ATLAS.gpus_per_worker,
-    ray_address: str | None = ATLAS.ray_address,
-    quiet: bool = ATLAS.quiet,
+    workers: int | None = OPTIONS.workers,
+    threads: int | None = OPTIONS.threads_per_worker,
+    gpus: float = OPTIONS.gpus_per_worker,
+    ray_address: str | None = OPTIONS.ray_address,
+    quiet: bool = OPTIONS.quiet,
     on_workers=None,
 ) -> dict:
     """Run every class of ``plan`` and write the atlas; returns the atlas (``atlas.json``'s
@@ -82,8 +84,6 @@ def run_atlas(
 
 
 def _with_threads(plan: Plan, threads: int | None) -> Plan:
-    import dataclasses
-
     return dataclasses.replace(plan, config=dataclasses.replace(plan.config, threads=threads))
 
 
@@ -125,8 +125,6 @@ def _check_address(address: str | None) -> None:
     text = address.strip()
     if not _ADDRESS.match(text):
         raise NeurFlowError("ray_address", expected, address)
-    import socket
-
     host, _, port = text.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .._state import running
 from ..config import NeurFlowConfig
 from ..demo import DEMOS
@@ -126,8 +128,6 @@ def predict(model, images, layers, cfg: NeurFlowConfig):
 def prepare(plan: Plan) -> Prepared:
     """Load, predict once, resolve the targets and count each class's images; a ``NeurFlowError``
     for an unknown layer or target or a class without images (nothing is written here)."""
-    import torch
-
     loaded, data, layers = load_plan_inputs(plan)
     plan = dataclasses.replace(plan, layers=tuple(layers))
     pred = predict(loaded.model, data.images, layers, plan.config)

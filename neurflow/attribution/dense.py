@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..config import DEFAULT_IG_STEPS, DEFAULTS
 from ..neurons import response, width
 from .slots import IGResult, Slots, quadrature, step_batches
 
@@ -22,8 +23,8 @@ def integrated_gradients(
     acts: torch.Tensor,
     extras: Sequence[torch.Tensor],
     requests: Sequence[Sequence[int]],
-    steps: int = 50,
-    batch_size: int = 64,
+    steps: int = DEFAULT_IG_STEPS,
+    batch_size: int = DEFAULTS.batch_size,
 ) -> IGResult:
     """IG of the upper responses ``requests[row]`` w.r.t. ``acts[row]`` (zero baseline; the
     extras are held at their value).  Returns the spatially averaged attributions per request."""

@@ -43,7 +43,7 @@ class SparsePlan:
     front: tuple = ()
     linear_front: bool = False
     # the graph's layout steps the segment had (a channels-last layer seen as [B, C, H, W],
-    # ``layers._channels_first``), dropped from ``module``: exact only where the value they see is
+    # ``slicing.channels_first``), dropped from ``module``: exact only where the value they see is
     # not 4-D (``fits`` checks it), the dense path otherwise; i: on input i, -1: on the output
     layout: tuple = ()
     _tail: fx.GraphModule | None = field(default=None, repr=False, compare=False)

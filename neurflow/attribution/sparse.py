@@ -33,6 +33,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import DEFAULT_IG_STEPS, DEFAULTS
 from ..neurons import response, width
 from .maps import Capture, SubTail, bias_of, transpose_channels, transpose_full
 from .plan import SparsePlan
@@ -44,8 +45,8 @@ def integrated_gradients_sparse(
     acts: torch.Tensor,
     extras: Sequence[torch.Tensor],
     requests: Sequence[Sequence[int]],
-    steps: int = 50,
-    batch_size: int = 64,
+    steps: int = DEFAULT_IG_STEPS,
+    batch_size: int = DEFAULTS.batch_size,
 ) -> IGResult | None:
     """``attribution.integrated_gradients`` computed channel-sparsely with the plan ``p``; None
     when the shapes met at run time do not fit the plan (the caller then uses the dense path)."""

@@ -4,6 +4,7 @@ import: the parser is built for every ``--help``."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from ..config import NeurFlowConfig
@@ -31,8 +32,6 @@ def add_atlas(sub, models_help: str, data_help: str) -> None:
 
 
 def cmd_atlas(args) -> int:
-    import dataclasses
-
     from ..atlas.driver import run_atlas  # lazy: --help loads no torch
     from ..atlas.plan import Plan, demo_plan, parse_targets  # lazy: --help loads no torch
 

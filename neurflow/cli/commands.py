@@ -1,7 +1,7 @@
 """The ``neurflow`` command line: a thin layer over the library.
 
 Flags are generated from the dataclasses that hold them (``NeurFlowConfig`` for ``run``,
-``Reopen`` for the commands that reopen a run, ``evaluate.Options`` for ``eval``): field
+``Reopen`` for the commands that reopen a run, ``options.EvalOptions`` for ``eval``): field
 ``top_k`` <-> flag ``--top-k``, help and default from the field.  Choices come from the
 registries (labelers and their options, experiments, model and data schemes).  Library errors
 name Python parameters; ``main`` prints them with this command's flags.
@@ -9,8 +9,10 @@ name Python parameters; ``main`` prints them with this command's flags.
 
 from __future__ import annotations
 
+import json
 import os
 
+from ..config import NeurFlowConfig
 from .atlas import cmd_atlas
 from .flags import from_flags, split_names
 
@@ -33,7 +35,6 @@ def cmd_layers(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ..config import NeurFlowConfig  # lazy: --help loads no torch
     from ..method import NeurFlow  # lazy: --help loads no torch
     from ..sources.inputs import load_inputs, run_provenance  # lazy: --help loads no torch
 
@@ -90,8 +91,6 @@ def cmd_report(args) -> int:
 
 def _emit(args, run, result: dict, text: str, written) -> None:
     """Print ``result`` as JSON (--json) or ``text``, then rewrite the run's report."""
-    import json
-
     from ..analysis.report import write_report  # lazy: --help loads no torch
 
     if args.json:
@@ -189,8 +188,6 @@ def cmd_audit(args) -> int:
 
 
 def cmd_label(args) -> int:
-    import json
-
     from ..analysis.labels import LABELERS, get_labeler, label_run  # lazy: --help loads no torch
     from ..analysis.report import write_report  # lazy: --help loads no torch
     from ..analysis.run import Run  # lazy: --help loads no torch
@@ -221,8 +218,6 @@ def cmd_label(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import json
-
     from ..analysis.evaluate import Options, run_eval  # lazy: --help loads no torch
     from ..analysis.report import write_report  # lazy: --help loads no torch
     from ..analysis.summary import eval_summary  # lazy: --help loads no torch

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import DEFAULTS
 from ..errors import NeurFlowError
 
 
@@ -27,7 +28,7 @@ class CropPool:
 
     images: torch.Tensor
     granularities: tuple
-    stride_ratio: float = 0.5
+    stride_ratio: float = DEFAULTS.stride_ratio
     # per crop, filled in by __post_init__: source image, side, top and left in px
     image_index: np.ndarray = field(init=False, repr=False)
     side: np.ndarray = field(init=False, repr=False)

@@ -2,11 +2,12 @@
 
 The constructor stores settings (the fields of ``NeurFlowConfig``), ``fit`` computes and returns
 ``self``, the result is ``circuit_``; ``get_params`` / ``set_params`` make it work with
-``sklearn.base.clone``.  ``fit`` runs in four steps: *prepare* (the layer graph, one prediction
-pass, the class images and their crop pool), *identity* (the run hash that keys saving and
-resuming), the *layer loop* (the pool's responses at every layer in one pass, then each layer pair
-top down: ``layer_pass``) and *finish* (groups, group edges and the trace: ``groups``; the
-``Circuit`` and what it records).  Saving and resuming go through a ``RunStore``; the one ``out=``
+``sklearn.base.clone``.  ``fit`` runs in four steps: ``_prepare`` (the layer graph, one prediction
+pass, the class images and their crop pool, and the run hash that keys saving and resuming),
+``_store`` (the run's store, resumed or handed back finished), ``_layer_loop`` (the pool's
+responses at every layer in one pass, then each layer pair top down: ``layer_pass``) and
+``_finish`` (groups, group edges and the trace: ``groups``; the ``Circuit`` and what it records).
+Saving and resuming go through a ``RunStore``; the one ``out=``
 creates is owned by ``fit`` and released however it ends.
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..circuit import Group, Layer, frozen_map
@@ -10,7 +12,11 @@ from .clustering import silhouette_clusters
 
 
 def layer_groups(
-    keys: list, vectors: np.ndarray, max_groups: int = 100, n_groups: int | None = None, single: bool = False
+    keys: list,
+    vectors: np.ndarray,
+    max_groups: int = DEFAULTS.max_groups,
+    n_groups: int | None = None,
+    single: bool = False,
 ) -> tuple[np.ndarray, list[Group]]:
     """Cluster the (node, sub-concept) concept vectors of one layer by Ward.
 
@@ -90,15 +96,13 @@ def assemble(
     fitted: list,
     max_groups: int,
     n_groups: int | tuple | None,
-    rule: str,
+    group_edge_rule: str,
     top_n: int,
     trace_rule: str = DEFAULTS.trace_rule,
 ):
     """From the fitted layers (``[(Layer, {"keys", "vectors"})]``, top down): the layers with their
     groups and group edges, the concept arrays, and the trace.  ``n_groups``: one count for every
     layer below the class layer, or a tuple with one per such layer, top down."""
-    import dataclasses
-
     counts = [None, *groups_per_layer(n_groups, max(len(fitted) - 1, 0))]
     layers, arrays = [], {}
     for i, (layer, arr) in enumerate(fitted):
@@ -116,5 +120,7 @@ def assemble(
         arrays[f"concept_keys/{layer.name}"] = arr["keys"]
         arrays[f"concept_vectors/{layer.name}"] = arr["vectors"]
     for i in range(len(layers) - 1):
-        layers[i] = dataclasses.replace(layers[i], group_edges=frozen_map(group_edges(layers[i], layers[i + 1], rule)))
+        layers[i] = dataclasses.replace(
+            layers[i], group_edges=frozen_map(group_edges(layers[i], layers[i + 1], group_edge_rule))
+        )
     return layers, arrays, trace(layers, top_n, trace_rule)

@@ -7,7 +7,7 @@ Everything that runs the user's model forward without gradients goes through her
 A *neuron* is a channel: dimension 1 of a ``[B, C, H, W]`` or ``[B, C]`` output, the last
 dimension of a ``[B, T, D]`` token output (``channel_axis``).  A channels-last ``[B, H, W, C]``
 layer (torchvision's Swin) reaches these functions already permuted to ``[B, C, H, W]`` by the
-``LayerGraph`` (``layers.module_axis``).  Its *response* to an input is the
+``LayerGraph`` (``slicing.axes.module_axis``).  Its *response* to an input is the
 spatial (or token) mean of that channel.  Every function leaves the model as it found it
 (``preserved``: ``training`` and ``requires_grad`` flags; forward hooks removed on the way out).
 """
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .._state import preserved
+from ..config import DEFAULTS
 from ..errors import NeurFlowError, unknown_name
 from ..neurons import channel_axis, channel_mask, response, width
 from ..progress import progress
@@ -77,7 +78,7 @@ def logits(
     model: Callable,
     images: torch.Tensor,
     zero: dict | None = None,
-    batch_size: int = 64,
+    batch_size: int = DEFAULTS.batch_size,
     device="cpu",
     finite: bool = False,
     axes: dict | None = None,
@@ -223,7 +224,7 @@ def masked_responses(
     nodes,
     masks: torch.Tensor,
     crops=None,
-    batch_size: int = 64,
+    batch_size: int = DEFAULTS.batch_size,
     device="cpu",
     quiet: bool = True,
     desc: str = "",

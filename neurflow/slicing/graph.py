@@ -4,6 +4,7 @@ into the recorder, prefixes and segments."""
 
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import torch
@@ -210,8 +211,6 @@ class LayerGraph:
     def _is_batch_size(n: fx.Node) -> bool:
         """``t.size(0)``, ``t.size(dim=0)`` or ``t.shape[0]``: the batch size, as ``forward`` often
         reads it (``x.view(x.size(0), -1)``)."""
-        import operator
-
         if n.op == "call_method" and n.target == "size":
             return bool(tuple(n.args[1:]) == (0,) or n.kwargs.get("dim") == 0)
         if n.op == "call_function" and n.target is operator.getitem and n.args[1:] == (0,):

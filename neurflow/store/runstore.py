@@ -1,8 +1,8 @@
-"""The artifact on disk: ``circuit.json`` (schema in docs/artifact.md), ``arrays.npz`` and crop
-thumbnails; partial runs saved after every layer, resumed when the run hash matches.
+"""Saving and resuming one run in a directory under a lock (``RunStore``): partial runs saved
+after every layer, resumed when the run hash matches, a finished one handed back.
 
-Every file is written to a temporary name and renamed into place; ``manifest.json`` is written
-last, so a directory is never readable as complete unless it is.
+Every file is written atomically (``files``); ``manifest.json`` is written last, so a directory is
+never readable as complete unless it is.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..circuit import Circuit, Layer
 from ..errors import NeurFlowError
-from .files import atomic_write, write_json, write_npz
+from .files import TMP_PREFIX, atomic_write, write_json, write_npz
 from .layout import LOCK, MANIFEST, SCHEMA, SCHEMA_VERSION, RunDir
 from .thumbnails import thumbnails as make_thumbnails
 
@@ -61,7 +61,7 @@ class RunStore:
         manifest = self.read_manifest()
         self.done: list[dict] = []
         if manifest is None:
-            if any(p.name not in (MANIFEST, LOCK) and not p.name.startswith(".tmp-") for p in self.dir.iterdir()):
+            if any(p.name not in (MANIFEST, LOCK) and not p.name.startswith(TMP_PREFIX) for p in self.dir.iterdir()):
                 # never delete what is not ours, even with --overwrite
                 raise NeurFlowError(
                     "out",
@@ -82,7 +82,7 @@ class RunStore:
             self._manifest(False)
         else:
             self.done = manifest.get("layers_done", [])
-        for tmp in self.dir.rglob(".tmp-*"):  # left by a write that was killed before its rename
+        for tmp in self.dir.rglob(TMP_PREFIX + "*"):  # left by a write that was killed before its rename
             tmp.unlink(missing_ok=True)
 
     def _lock(self, directory) -> None:

