@@ -6,7 +6,6 @@ channels.
 
 from __future__ import annotations
 
-import numpy as np  # noqa: F401
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
