@@ -1,11 +1,12 @@
 """Global and model state, set within a block and restored afterwards: the model's ``training``
-and ``requires_grad`` flags (``preserved``), its device (``on_device``), torch's threads
-(``threads``) and the arithmetic (``precision``).
+and ``requires_grad`` flags (``preserved``), its device and float32 arithmetic (``on_device``),
+torch's threads (``threads``) and the arithmetic (``precision``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Iterator
 
@@ -13,6 +14,8 @@ import torch
 from torch import nn
 
 from .errors import NeurFlowError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -53,40 +56,99 @@ def check_device(device) -> torch.device:
             )
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise NeurFlowError("device", "a device this machine has", device, "torch sees no MPS device; use cpu")
+    elif dev.type == "meta":
+        raise NeurFlowError(
+            "device", "a device that computes values (cpu, cuda, mps)", device, "meta tensors hold shapes, no values"
+        )
     return dev
 
 
+def _first(names: list, n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+def check_values(model: nn.Module) -> None:
+    """Refuse a model whose parameters or buffers lie on the meta device (shapes without values:
+    built under ``torch.device("meta")`` and never given weights)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    meta = [name for name, t in tensors if t.is_meta]
+    if meta:
+        raise NeurFlowError(
+            "model",
+            "parameters and buffers with values",
+            f"{len(meta)} of {len(tensors)} on the meta device ({_first(meta)})",
+            "the model was built on the meta device and never given weights: build it on the cpu, or "
+            "materialise it (to_empty() and load_state_dict) before handing it over",
+        )
+
+
+def check_gradients(model: nn.Module) -> None:
+    """Refuse a quantised model: integrated gradients differentiate the model, and a quantised
+    module (``torch.ao.nn.quantized``: ``quantize_dynamic``, ``convert``) has no gradients."""
+    found: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) and not any(
+            name.startswith(f"{outer}.") for outer in found
+        ):  # a quantised module's own parts (its packed parameters) are not named again
+            found[name] = type(m).__name__
+    quantised = [f"{name or 'the model'} (a quantised {kind})" for name, kind in found.items()]
+    if quantised:
+        raise NeurFlowError(
+            "model",
+            "a model with gradients (integrated gradients differentiate it)",
+            f"{len(quantised)} quantised module(s): {_first(quantised)}",
+            "a quantised module has no gradients; explain the float model, before quantize_dynamic or convert",
+        )
+
+
+def _moved(t: torch.Tensor, dev: torch.device) -> bool:
+    """Whether ``on_device`` replaces ``t``: it lies elsewhere, or is floating but not float32."""
+    return t.device != dev or (t.is_floating_point() and t.dtype != torch.float32)
+
+
 class on_device:
-    """Within the block the model's parameters and buffers are on ``device``; afterwards every
-    module holds its own tensor objects again, where they were: parameters (the same
-    ``Parameter`` objects, with their data and grads) and buffers, put back by name
-    (``Module._apply`` may replace both).  A device the machine lacks is refused (``check_device``)."""
+    """Within the block the model's parameters and buffers are on ``device``, the floating ones in
+    float32 (every command computes in float32: a float16 or bfloat16 model is upcast exactly, a
+    float64 one rounded, with one info line; integrated gradients in float16 are inaccurate and
+    float16 arithmetic is missing or slow on CPUs); afterwards every module holds its own tensor
+    objects again, where they were, in their dtype: parameters (the same ``Parameter`` objects,
+    with their data and grads) and buffers, put back by name (``Module._apply`` may replace both).
+    A device the machine lacks is refused (``check_device``), and so is a model on the meta device."""
 
     def __init__(self, model: nn.Module, device):
         self.model, self.device = model, check_device(device)
 
     def __enter__(self) -> nn.Module:
         dev = self.device
+        check_values(self.model)
         self.params = [
-            (mod, name, p, p.data, p.grad)
+            (mod, name, p, p.data, p.grad, None if p.grad is None else p.grad.data)
             for mod in self.model.modules()
             for name, p in mod._parameters.items()
-            if p is not None and p.device != dev
+            if p is not None and _moved(p, dev)
         ]
         self.buffers = [
             (mod, name, b)
             for mod in self.model.modules()
             for name, b in mod._buffers.items()
-            if b is not None and b.device != dev
+            if b is not None and _moved(b, dev)
         ]
+        tensors = [entry[2] for entry in self.params] + [b for _, _, b in self.buffers]
+        cast = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()} - {"float32"})
+        if cast:
+            log.info("model: %s parameters computed in float32 (the model keeps its own dtype)", " and ".join(cast))
         if self.params or self.buffers:
             self.model.to(dev)
+            if cast:
+                self.model.float()
         return self.model
 
     def __exit__(self, *exc) -> None:
-        for mod, name, p, data, grad in self.params:
+        for mod, name, p, data, grad, grad_data in self.params:
             mod._parameters[name] = p
             p.data = data
+            if grad is not None and grad_data is not None:  # ``_apply`` converts a grad in place too
+                grad.data = grad_data
             p.grad = grad
         for mod, name, b in self.buffers:
             mod._buffers[name] = b
@@ -144,9 +206,11 @@ def precision(mode: str, device="cpu") -> Iterator[str]:
 
 @contextlib.contextmanager
 def running(model: nn.Module, device, n_threads: int | None, seed: int) -> Iterator[nn.Module]:
-    """The model as a run uses it: in eval mode with its parameters frozen (``preserved``), on
-    ``device``, torch's threads set, the seed drawn without touching the caller's global
-    generator; all of it restored afterwards."""
+    """The model as a run uses it (with gradients: a quantised one is refused, ``check_gradients``):
+    in eval mode with its parameters frozen (``preserved``), on ``device`` in float32, torch's
+    threads set, the seed drawn without touching the caller's global generator; all of it restored
+    afterwards."""
+    check_gradients(model)
     with (
         torch.random.fork_rng(devices=[]),
         preserved(model, freeze=True),

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from .config import COMPLETENESS_WARN_RELATIVE, NeurFlowConfig
-from .errors import unknown_name
+from .errors import NeurFlowError, unknown_name
 from .provenance import Provenance
 
 
@@ -45,15 +45,17 @@ class SubConcept:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "SubConcept":
+    def from_json(cls, d: dict, where: str = "sub_concept") -> "SubConcept":
+        d = _obj(d, where)
+        group = d.get("group")
         return cls(
-            d["id"],
-            tuple(d["exemplars"]),
-            tuple(d["display_exemplars"]),
-            float(d["activation"]),
-            frozen_map((int(k), float(v)) for k, v in d["weights"].items()),
-            frozen_map((int(k), float(v)) for k, v in d.get("raw_weights", {}).items()),
-            d.get("group"),
+            _int(_get(d, "id", where), f"{where}.id"),
+            _ints(_get(d, "exemplars", where), f"{where}.exemplars"),
+            _ints(_get(d, "display_exemplars", where), f"{where}.display_exemplars"),
+            _num(_get(d, "activation", where), f"{where}.activation"),
+            _weights(_get(d, "weights", where), f"{where}.weights"),
+            _weights(d.get("raw_weights", {}), f"{where}.raw_weights"),
+            None if group is None else _int(group, f"{where}.group"),
         )
 
 
@@ -74,13 +76,15 @@ class Node:
         }
 
     @classmethod
-    def from_json(cls, index: int, d: dict) -> "Node":
+    def from_json(cls, index: int, d: dict, where: str = "node") -> "Node":
+        d = _obj(d, where)
+        subs = _list(_get(d, "sub_concepts", where), f"{where}.sub_concepts")
         return cls(
             index,
-            tuple(d["core"]),
-            tuple(SubConcept.from_json(s) for s in d["sub_concepts"]),
-            tuple(d["exemplars"]),
-            tuple(d.get("importance", ())),
+            _ints(_get(d, "core", where), f"{where}.core"),
+            tuple(SubConcept.from_json(s, f"{where}.sub_concepts[{j}]") for j, s in enumerate(subs)),
+            _ints(_get(d, "exemplars", where), f"{where}.exemplars"),
+            tuple(_number(v, f"{where}.importance") for v in _list(d.get("importance", []), f"{where}.importance")),
         )
 
 
@@ -101,16 +105,22 @@ class Group:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Group":
+    def from_json(cls, d: dict, where: str = "group") -> "Group":
+        d = _obj(d, where)
         label = d.get("label")
         if isinstance(label, str):  # a bare caption
             label = {"text": label}
+        members = _list(_get(d, "members", where), f"{where}.members")
+        for m in members:
+            if not (isinstance(m, list) and len(m) == 2):
+                raise malformed(f"{where}.members", "pairs [neuron, sub-concept]")
+        relation = d.get("relation")
         return cls(
-            d["id"],
-            tuple(tuple(m) for m in d["members"]),
-            tuple(d["neurons"]),
-            frozen_map(label) if label is not None else None,
-            frozen_map(d["relation"]) if d.get("relation") is not None else None,
+            _int(_get(d, "id", where), f"{where}.id"),
+            tuple(_ints(m, f"{where}.members") for m in members),
+            _ints(_get(d, "neurons", where), f"{where}.neurons"),
+            frozen_map(_label(label, f"{where}.label")) if label is not None else None,
+            frozen_map(_relation(relation, f"{where}.relation")) if relation is not None else None,
         )
 
     @property
@@ -140,19 +150,47 @@ class Layer:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Layer":
-        return cls(
-            d["name"],
-            d["lower"],
-            frozen_map((int(k), Node.from_json(int(k), v)) for k, v in d["nodes"].items()),
-            tuple(Group.from_json(g) for g in d.get("groups", [])),
+    def from_json(cls, d: dict, where: str = "layer") -> "Layer":
+        """The layer in ``d``; raises ``NeurFlowError("circuit", ...)`` naming the first value that
+        is not as neurflow writes it (a damaged file must not fail later, somewhere else)."""
+        d = _obj(d, where)
+        nodes = _obj(_get(d, "nodes", where), f"{where}.nodes")
+        groups = _list(d.get("groups", []), f"{where}.groups")
+        edges = _obj(d.get("group_edges", {}), f"{where}.group_edges")
+        gap = _obj(d.get("completeness_gap", {}), f"{where}.completeness_gap")
+        layer = cls(
+            _str(_get(d, "name", where), f"{where}.name"),
+            _str(_get(d, "lower", where), f"{where}.lower"),
             frozen_map(
-                (int(a), frozen_map((int(b), float(w)) for b, w in row.items()))
-                for a, row in d.get("group_edges", {}).items()
+                (_key(k, f"{where}.nodes"), Node.from_json(_key(k, f"{where}.nodes"), v, f"{where}.nodes[{k}]"))
+                for k, v in nodes.items()
             ),
-            frozen_map(d.get("completeness_gap", {})),
-            float(d.get("seconds", 0.0)),
+            tuple(Group.from_json(g, f"{where}.groups[{i}]") for i, g in enumerate(groups)),
+            frozen_map(
+                (_key(a, f"{where}.group_edges"), _weights(row, f"{where}.group_edges[{a}]"))
+                for a, row in edges.items()
+            ),
+            frozen_map((k, _number(v, f"{where}.completeness_gap[{k}]")) for k, v in gap.items()),
+            _num(d.get("seconds", 0.0), f"{where}.seconds"),
         )
+        layer._check(where)
+        return layer
+
+    def _check(self, where: str) -> None:
+        """What the commands index by: group ids are positions, members name existing sub-concepts,
+        a sub-concept's group and the group edges' upper groups exist."""
+        n = len(self.groups)
+        for i, g in enumerate(self.groups):
+            if g.id != i:
+                raise malformed(f"{where}.groups[{i}].id", f"{i} (its position)")
+            for m, s in g.members:
+                if m not in self.nodes or s >= len(self.nodes[m].sub_concepts):
+                    raise malformed(f"{where}.groups[{i}].members", "sub-concepts of the layer's nodes")
+        for k, node in self.nodes.items():
+            if any(s.group is not None and s.group >= n for s in node.sub_concepts):
+                raise malformed(f"{where}.nodes[{k}]", f"sub-concept groups below {n}")
+        if any(a >= n for a in self.group_edges):
+            raise malformed(f"{where}.group_edges", f"rows of the {n} groups")
 
     def group_of(self, neuron: int, sub_concept: int) -> int | None:
         return self.nodes[neuron].sub_concepts[sub_concept].group
@@ -227,15 +265,175 @@ class Circuit:
 
     @classmethod
     def from_json(cls, d: dict, arrays: Mapping | None = None) -> "Circuit":
-        return cls(
-            int(d["target"]),
-            tuple(Layer.from_json(l) for l in d["layers"]),
-            d["input_layer"],
-            tuple((t["layer"], tuple(t["groups"])) for t in d.get("trace", [])),
-            frozen_map(d.get("settings", {})),
-            frozen_map(d.get("meta", {})),
-            frozen_map(arrays or {}),
+        """The circuit in ``d`` (``circuit.json``) with its ``arrays``; raises
+        ``NeurFlowError("circuit", ...)`` naming the first value that is not as neurflow writes it."""
+        d = _obj(d, "circuit")
+        layers = _list(_get(d, "layers", "circuit"), "layers")
+        if not layers:
+            raise malformed("layers", "at least one layer")
+        trace = _list(d.get("trace", []), "trace")
+        for i, t in enumerate(trace):
+            _obj(t, f"trace[{i}]")
+        c = cls(
+            _int(_get(d, "target", "circuit"), "target"),
+            tuple(Layer.from_json(l, f"layers[{i}]") for i, l in enumerate(layers)),
+            _str(_get(d, "input_layer", "circuit"), "input_layer"),
+            tuple(
+                (
+                    _str(_get(t, "layer", f"trace[{i}]"), f"trace[{i}].layer"),
+                    _ints(_get(t, "groups", f"trace[{i}]"), f"trace[{i}].groups"),
+                )
+                for i, t in enumerate(trace)
+            ),
+            frozen_map(_obj(d.get("settings", {}), "settings")),
+            frozen_map(_meta(d.get("meta", {}))),
+            frozen_map(_arrays(arrays or {})),
         )
+        c._check()
+        return c
+
+    def _check(self) -> None:
+        """What the commands index by: edges to the next layer's groups, the trace's layers and
+        groups, crop indices within the crops of ``arrays``, settings a ``NeurFlowConfig`` takes."""
+        for i, layer in enumerate(self.layers[:-1]):
+            n = len(self.layers[i + 1].groups)
+            if any(b >= n for row in layer.group_edges.values() for b in row):
+                raise malformed(f"layers[{i}].group_edges", f"edges to the {n} groups of the next layer")
+        groups = {l.name: len(l.groups) for l in self.layers}
+        for name, ids in self.trace:
+            if name not in groups or any(g >= groups[name] for g in ids):
+                raise malformed(f"trace {name}", "groups of the circuit's layers")
+        box = self.arrays.get("crop_box")
+        n_crops = len(box) if box is not None else None
+        for i, layer in enumerate(self.layers):
+            for k, node in layer.nodes.items():
+                crops = list(node.exemplars) + [c for s in node.sub_concepts for c in s.exemplars + s.display_exemplars]
+                if n_crops is not None and crops and max(crops) >= n_crops:
+                    raise malformed(f"layers[{i}].nodes[{k}]", f"crop indices below the {n_crops} crops of arrays.npz")
+        try:
+            self.config  # noqa: B018 - the settings must make a config (debug, audit and eval read it)
+        except (NeurFlowError, TypeError, ValueError) as exc:
+            raise malformed("settings", f"settings neurflow accepts ({exc})") from None
+
+
+# -- reading circuit.json strictly: a damaged value fails here, naming where it is ------------------
+def malformed(where: str, what: str) -> NeurFlowError:
+    """The error of a value of a circuit document that is not as neurflow writes it."""
+    return NeurFlowError("circuit", what, where, "the circuit document is damaged or not neurflow's")
+
+
+def _get(d: dict, key: str, where: str):
+    if key not in d:
+        raise malformed(f"{where}.{key}", "a value (it is missing)")
+    return d[key]
+
+
+def _obj(x, where: str) -> dict:
+    if not isinstance(x, dict):
+        raise malformed(where, "a JSON object")
+    return x
+
+
+def _list(x, where: str) -> list:
+    if not isinstance(x, list):
+        raise malformed(where, "a JSON list")
+    return x
+
+
+def _str(x, where: str) -> str:
+    if not isinstance(x, str):
+        raise malformed(where, "a string")
+    return x
+
+
+def _int(x, where: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+        raise malformed(where, "a non-negative integer")
+    return x
+
+
+def _ints(x, where: str) -> tuple:
+    return tuple(_int(v, where) for v in _list(x, where))
+
+
+def _number(x, where: str):
+    """``x``, an int or a float, as it is."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise malformed(where, "a number")
+    return x
+
+
+def _num(x, where: str) -> float:
+    return float(_number(x, where))
+
+
+def _key(k: str, where: str) -> int:
+    if not k.isdigit():
+        raise malformed(where, f"neuron or group indices as keys (not {k[:20]!r})")
+    return int(k)
+
+
+def _weights(x, where: str) -> Mapping:
+    return frozen_map((_key(k, where), _num(v, f"{where}[{k}]")) for k, v in _obj(x, where).items())
+
+
+def _label(x, where: str) -> dict:
+    """A group's label: ``text``, ``confidence`` a number or None, ``check`` with numbers."""
+    x = _obj(x, where)
+    if x.get("confidence") is not None:
+        _num(x["confidence"], f"{where}.confidence")
+    check = x.get("check")
+    if check is not None:
+        for k in ("precision", "recall", "n_true", "n_random"):
+            if k in _obj(check, f"{where}.check"):
+                _num(check[k], f"{where}.check.{k}")
+    return x
+
+
+def _relation(x, where: str) -> dict:
+    x = _obj(x, where)
+    _ints(x.get("lower", []), f"{where}.lower")
+    return x
+
+
+# meta entries the commands read, and the JSON type each must have when present
+_META_TYPES = {
+    "class_names": list,
+    "files": list,
+    "timings_s": dict,
+    "crop_sizes": dict,
+    "target_name": str,
+    "run_hash": str,
+    "model_hash": str,
+    "class_images_hash": str,
+    "n_crops": int,
+    "image_size": int,
+}
+
+
+def _meta(x) -> dict:
+    x = _obj(x, "meta")
+    for k, kind in _META_TYPES.items():
+        if x.get(k) is not None and (not isinstance(x[k], kind) or isinstance(x[k], bool)):
+            raise malformed(f"meta.{k}", f"a JSON {kind.__name__}")
+    return x
+
+
+def _arrays(arrays: Mapping) -> Mapping:
+    """The arrays the commands index: crop boxes [P, 4] and crop images [P] of non-negative
+    integers, concept keys [m, 2] with as many concept vectors."""
+    box, image = arrays.get("crop_box"), arrays.get("crop_image")
+    for name, a, ndim in (("crop_box", box, 2), ("crop_image", image, 1)):
+        if a is not None and (a.ndim != ndim or a.dtype.kind not in "iu" or (a.size and a.min() < 0)):
+            raise malformed(f"arrays.npz {name}", f"a {ndim}-D array of non-negative integers")
+    if box is not None and (box.shape[1] != 4 or (image is not None and len(image) != len(box))):
+        raise malformed("arrays.npz crop_box", "4 columns, one row per crop_image entry")
+    for name, keys in arrays.items():
+        if name.startswith("concept_keys/"):
+            vectors = arrays.get("concept_vectors/" + name.split("/", 1)[1])
+            if keys.ndim != 2 or keys.shape[1] != 2 or vectors is None or len(vectors) != len(keys):
+                raise malformed(f"arrays.npz {name}", "[m, 2] keys with as many concept vectors")
+    return arrays
 
 
 def _plain(x):

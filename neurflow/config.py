@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -31,6 +32,24 @@ PRECISION_CHECK_NODES = 8
 # a layer whose relative completeness gap (mean |sum of attributions - (h(A) - h(0))| over mean
 # |h(A) - h(0)|) exceeds this is warned about in the run, `neurflow show` and the report
 COMPLETENESS_WARN_RELATIVE = 0.05
+
+
+# every seed of every command lies in [0, SEED_LIMIT): numpy's generators take no other
+SEED_LIMIT = 2**32
+
+
+def check_numbers(options) -> None:
+    """The checks every setting and option dataclass shares (``NeurFlowConfig``, ``options.py``): a
+    number in a field (alone or in a tuple) is finite (nan and inf would reach the JSON of a run as
+    ``NaN``/``Infinity``, which no JSON reader takes), and a field named ``seed`` is an integer in
+    [0, 2**32).  Raises ``NeurFlowError`` naming the field."""
+    for f in dataclasses.fields(options):
+        v = getattr(options, f.name)
+        values = v if isinstance(v, tuple) else (v,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            raise NeurFlowError(f.name, "a finite number", v, "nan and inf are not settings")
+        if f.name == "seed" and not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < SEED_LIMIT):
+            raise NeurFlowError(f.name, f"an integer in [0, {SEED_LIMIT}) (0 <= seed < 2**32)", v)
 
 
 def steps_or_auto(text: str):
@@ -159,6 +178,7 @@ class NeurFlowConfig:
             if not ok:
                 raise NeurFlowError(name, expected, given, hint)
 
+        check_numbers(self)
         need(isinstance(self.tau, int) and self.tau >= 1, "tau", "an integer >= 1", self.tau)
         need(isinstance(self.top_k, int) and self.top_k >= 1, "top_k", "an integer >= 1", self.top_k)
         need(
@@ -185,7 +205,7 @@ class NeurFlowConfig:
             "an integer >= 1",
             self.max_sub_concepts,
         )
-        need(self.max_groups >= 1, "max_groups", "an integer >= 1", self.max_groups)
+        need(_count(self.max_groups), "max_groups", "an integer >= 1", self.max_groups)
         need(
             self.n_groups is None
             or (_count(self.n_groups))
@@ -201,7 +221,7 @@ class NeurFlowConfig:
             " or ".join(GROUP_EDGE_RULES),
             self.group_edge_rule,
         )
-        need(self.top_n >= 1, "top_n", "an integer >= 1", self.top_n)
+        need(_count(self.top_n), "top_n", "an integer >= 1", self.top_n)
         need(self.trace_rule in TRACE_RULES, "trace_rule", " or ".join(TRACE_RULES), self.trace_rule)
         need(self.selection in SELECTIONS, "selection", " or ".join(SELECTIONS), self.selection)
         need(self.engine in ENGINES, "engine", " or ".join(ENGINES), self.engine)

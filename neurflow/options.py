@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .config import check_numbers
 from .errors import NeurFlowError
 
 # presets of image folders (``datasets.load_data``)
@@ -53,6 +54,13 @@ def _option(default, help: str, choices: tuple | None = None, parse=None, metava
     return field(default=default, metadata={"help": help, **{k: v for k, v in flag.items() if v is not None}})
 
 
+# a model spec read from a run directory is data: a factory (file.py:fn, module:fn) in it runs only with this
+TRUST_MODEL_SPEC_HELP = (
+    "run the model factory (file.py:fn, module:fn) that the run directory records, which executes code the "
+    "directory names (not needed for a run you made here, nor for schemes such as zoo: and torchvision:)"
+)
+
+
 @dataclass(frozen=True)
 class Reopen:
     """How to reopen a run's model and data (the flags of debug, audit and eval)."""
@@ -60,6 +68,7 @@ class Reopen:
     model: str | None = _opt("override the run's recorded model spec", default=None)
     weights: str | None = _opt("override the run's weights file (loaded with weights_only=True)", default=None)
     trust_checkpoint: bool = _opt("allow a checkpoint that needs pickle", default=False)
+    trust_model_spec: bool = _opt(TRUST_MODEL_SPEC_HELP, default=False)
     data: str | None = _opt("override the run's data", default=None)
     transform: str | None = field(
         default=None, metadata={"help": "override the run's transform", "choices": TRANSFORMS}
@@ -85,6 +94,7 @@ class EvalOptions:
     seed: int = _opt("seed of every random draw", default=0)
 
     def __post_init__(self):
+        check_numbers(self)
         for name in ("draws", "subsets", "random_sets", "nodes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise NeurFlowError(name, "an integer >= 1", getattr(self, name))
@@ -119,6 +129,9 @@ class DebugOptions:
     )
     json: bool = _option(False, "print the JSON result instead of the text summary")
 
+    def __post_init__(self):
+        check_numbers(self)  # finite numbers, the seed's range
+
 
 @dataclass(frozen=True)
 class AuditOptions:
@@ -137,6 +150,9 @@ class AuditOptions:
     )
     json: bool = _option(False, "print the JSON result instead of the ranked table")
 
+    def __post_init__(self):
+        check_numbers(self)  # finite numbers, the seed's range
+
 
 @dataclass(frozen=True)
 class LabelOptions:
@@ -152,8 +168,14 @@ class LabelOptions:
     no_check: bool = _option(False, "skip the caption check")
     no_relations: bool = _option(False, "skip the relation captions (vlm)")
     seed: int = _option(0, "seed of the check's random crops")
+    trust_model_spec: bool = _option(
+        False, TRUST_MODEL_SPEC_HELP + "; label reopens the model only to send crops above 64 px at full size"
+    )
     json: bool = _option(False, "print the labels as JSON")
     quiet: bool = _option(False, "no progress bars")
+
+    def __post_init__(self):
+        check_numbers(self)  # finite numbers, the seed's range
 
 
 @dataclass(frozen=True)
@@ -180,3 +202,6 @@ class AtlasOptions:
     ray_address: str | None = _option(
         None, "join a running Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)"
     )
+
+    def __post_init__(self):
+        check_numbers(self)  # finite numbers, the seed's range

@@ -25,6 +25,7 @@ class Provenance:
     transform: str | None = None  # the transform preset of the data spec (None: its default)
     data_skipped: int | None = None  # unreadable image files skipped while reading the data
     files: tuple | None = None  # image paths relative to a data folder, in image order
+    data_hash: str = ""  # hash of the data's images (all of them): the reopened data must give the same
     demo: str | None = None  # the `neurflow demo` that made the run
     note: str | None = None  # a caveat shown with the run
     # what the estimator records
@@ -41,6 +42,7 @@ class Provenance:
     image_channels: int = 0
     run_hash: str = ""
     model_hash: str = ""
+    class_images_hash: str = ""  # the class images' hash: reopened data must give the same ones
     crop_sizes: Mapping = field(default_factory=dict)
     timings_s: Mapping = field(default_factory=dict)
     extra: Mapping = field(default_factory=dict)  # any other keys (kept, shown, never interpreted)

@@ -3,6 +3,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,10 @@ from torch import nn
 
 # golden files of the published code, kept in the repository (see tests/fixtures/README.md)
 PARITY = pathlib.Path(__file__).resolve().parent / "fixtures" / "parity"
+
+# the tests' own cache folder (trusted model specs, the vlm answer cache), inherited by the CLI
+# processes they start: never the user's ~/.cache
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="neurflow-test-cache-")
 
 
 class SkipNet(nn.Module):

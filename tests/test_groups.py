@@ -55,3 +55,20 @@ def test_layer_groups_single_and_members_by_distance():
     assert len(groups) == 2 and labels[0] == labels[1] and labels[2] == labels[3] != labels[0]
     labels, groups = layer_groups(keys, v, single=True)
     assert len(groups) == 1 and set(groups[0].members) == set(keys)
+
+
+def test_members_equidistant_from_their_mean_go_in_key_order_whatever_the_rounding():
+    """Two members are always equidistant from their mean: float rounding, which differs between
+    machines (SIMD, BLAS), decided their order ([73, 61] on one machine, [61, 73] on another)."""
+    from neurflow.method.groups import nearest_first
+
+    rng = np.random.RandomState(0)
+    a, b = rng.randn(8), rng.randn(8)
+    keys = [(73, 0), (61, 1)]
+    for eps in (0.0, 1e-12, -1e-12, 1e-9):  # noise of the size machines differ by
+        got = nearest_first(np.stack([a + eps, b]), keys)
+        assert got.tolist() == [1, 0]  # (61, 1) first: key order, not the rounding
+        assert nearest_first(np.stack([b, a + eps]), keys[::-1]).tolist() == [0, 1]
+    # distinct distances still go nearest first, whatever the keys
+    v = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])  # mean (3.67, 0): 1 nearest, then 0, then 2
+    assert nearest_first(v, [(2,), (1,), (0,)]).tolist() == [1, 0, 2]

@@ -277,9 +277,11 @@ def test_run_directory_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp
 
 
 @pytest.mark.slow
-def test_two_identical_runs_into_one_directory(ws, capsys):
+def test_two_identical_runs_into_one_directory(ws, capsys, monkeypatch):
     argv = run_args(ws, factory="slow")
-    env = {**os.environ, "NEURFLOW_TEST_SLOW": "1"}
+    # the slowing hooks are part of the model's function (and so of the run hash): the same for all
+    monkeypatch.setenv("NEURFLOW_TEST_SLOW", "1")
+    env = dict(os.environ)
     first = subprocess.Popen(
         [sys.executable, "-m", "neurflow.cli", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -13,7 +13,7 @@ from neurflow.cli import main
 from neurflow.errors import NeurFlowError
 from neurflow.provenance import Provenance
 
-from conftest import tiny_run
+from conftest import one_line, tiny_run
 
 
 def test_enrichment_matches_brute_force_counting():
@@ -137,3 +137,43 @@ def test_zoo_annotations_refuse_other_data(tmp_path):
     tiny_run(tmp_path / "run")
     with pytest.raises(NeurFlowError, match="'zoo' only"):
         label_run(tmp_path / "run", get_labeler("annotations", annotations="zoo"))
+
+
+# --- annotation files of the wrong shape (issue 23): one line naming what is wrong, never a traceback
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ann") / "run"
+    tiny_run(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,text,needle",
+    [
+        ("num.json", "5", "got 'a JSON number'"),
+        ("bool.json", "true", "got 'a JSON boolean'"),
+        ("str.json", '"red; round"', "got 'a JSON string'"),
+        ("nums.json", "[1, 2]", 'records {"image": id, "tag": "t"} in a JSON list, got \'1\''),
+        ("mixed.json", '[{"image": 0, "tag": "x"}, 5]', "item 2"),
+        ("noimage.json", '[{"image": 0, "tag": "x"}, {"tag": "y"}]', "item 2"),
+        ("listid.json", '[{"image": [0], "tag": "x"}]', "image ids as file names or indices, got '[0]'"),
+        ("listtag.json", '{"0": ["x"], "1": [{"tag": ["a", "b"]}]}', "image 1"),
+        ("nantag.json", '{"0": [{"tag": "x", "box": [0, 0, "nan", 4]}]}', "finite, height and width > 0"),
+        ("negbox.json", '{"0": [{"tag": "x", "box": [0, 0, -4, 4]}]}', "finite, height and width > 0"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "valid JSON"),
+        ("super.json", '{"²": ["x"]}', "none of the ids matched"),
+        ("far.json", '{"99999": ["x"]}', "none of the ids matched an image of the run's crops"),
+        ("big.csv", "image,tag\n0," + "a" * 200_000 + "\n", "a readable CSV file"),
+        ("noimage.csv", "image,tag\n0,x\n,y\n", "an image id in every row with a tag, got 'line 3'"),
+        ("nanbox.csv", "image,tag,top,left,height,width\n0,x,nan,0,4,4\n", "finite, height and width > 0"),
+    ],
+)
+def test_annotation_files_of_the_wrong_shape(shared_run, tmp_path, capsys, name, text, needle):
+    (tmp_path / name).write_text(text)
+    before = (shared_run / "circuit.json").read_bytes()
+    args = ["label", str(shared_run), "--labeler", "annotations", "--annotations", str(tmp_path / name), "--quiet"]
+    line = one_line(args, capsys)
+    assert line.startswith("neurflow: error: --annotations: expected ") and needle in line, line
+    assert len(line) < 400 and (shared_run / "circuit.json").read_bytes() == before

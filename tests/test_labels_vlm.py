@@ -15,30 +15,55 @@ from neurflow import load
 from neurflow.analysis.labels import get_labeler, label_run
 from neurflow.cli import main
 
-from conftest import tiny_run
+from conftest import one_line, tiny_run
 
 KEY = "sk-test-SECRET-1234567890"
 MODEL = "test-vlm"
+HOSTILE = (
+    "redirect",
+    "echo",
+    "huge",
+    "huge-length",
+    "long",
+    "500-cut",
+    "garbage",
+    "truncated",
+    "deep",
+    "drip-head",
+    "drip-body",
+)
 
 
 class FakeAPI:
     """An OpenAI-compatible chat-completions server on 127.0.0.1 that checks every request and
-    answers deterministically.  ``mode``: ok, 500, slow, malformed, nochoices, 401, flaky."""
+    answers deterministically.  ``mode``: ok, 500, slow, malformed, nochoices, 401, flaky, or one of
+    ``HOSTILE`` (a ``redirect`` answers ``code`` pointing to ``location``)."""
 
-    def __init__(self, mode="ok"):
+    def __init__(self, mode="ok", location=None, code=302):
         self.mode, self.requests, self.problems, self.hits = mode, [], [], 0
         self.arrivals: list[float] = []  # time.monotonic() of each request, as the endpoint sees it
+        self.ends: list[float] = []  # seconds from a dripping request's arrival to the client's hang-up
+        self.gets: list[dict] = []  # the headers of each GET (a redirected POST)
+        self.location, self.code, self.stop = location, code, threading.Event()
         api = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
 
+            def do_GET(self):  # what a client that follows a redirect with a GET asks
+                api.hits += 1
+                api.gets.append(dict(self.headers))
+                text = "the answer to a GET, without the prompt"
+                self.reply(200, json.dumps({"choices": [{"message": {"content": text}}]}).encode())
+
             def do_POST(self):
                 api.hits += 1
                 api.arrivals.append(time.monotonic())
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 api.check(self.path, self.headers, body)
+                if api.mode in HOSTILE:
+                    return api.hostile(self)
                 if api.mode == "slow":
                     time.sleep(1.0)
                 if api.mode == "500" or (api.mode == "flaky" and api.hits % 2 == 1):
@@ -65,6 +90,52 @@ class FakeAPI:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def hostile(self, h):
+        """The answers of the ``HOSTILE`` modes, written by hand on the handler ``h``'s socket."""
+        mode, out = self.mode, h.wfile
+        try:
+            if mode == "redirect":
+                h.send_response(self.code)
+                h.send_header("Location", self.location)
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+            elif mode == "echo":  # an endpoint that repeats the request's headers in its answer
+                text = f"I was asked with {h.headers.get('Authorization')}"
+                h.reply(200, json.dumps({"choices": [{"message": {"content": text}}]}).encode())
+            elif mode in ("huge", "huge-length", "long"):
+                n = 32 * 2**20 if mode != "long" else 100_000
+                head, tail = b'{"choices": [{"message": {"content": "', b'"}}]}'
+                h.send_response(200)
+                if mode != "huge":
+                    h.send_header("Content-Length", str(len(head) + n + len(tail)))
+                h.end_headers()
+                out.write(head)
+                for _ in range(n // 2**16):
+                    out.write(b"a" * 2**16)
+                out.write(b"a" * (n % 2**16) + tail)
+            elif mode == "500-cut":  # the key straddles the first 200 bytes of an error's body
+                h.reply(500, b"x" * 190 + KEY.encode() + b" was used")
+            elif mode == "garbage":  # not HTTP at all (with the key in it)
+                out.write(b"HELLO " + KEY.encode() + b"\r\n\r\n")
+            elif mode == "truncated":  # a Content-Length the body never reaches
+                out.write(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"choices"')
+            elif mode == "deep":  # valid JSON nested past Python's recursion limit
+                h.reply(200, b"[" * 100_000 + b"]" * 100_000)
+            elif mode.startswith("drip"):  # one byte every 50 ms: every socket read succeeds, none ends
+                start = time.monotonic()
+                if mode == "drip-body":
+                    out.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                data = b'{"choices": [' if mode == "drip-body" else b"HTTP/1.1 200 OK\r\nX-Slow: "
+                while not self.stop.is_set():
+                    out.write(data[:1])
+                    out.flush()
+                    data = data[1:] or b"a"
+                    time.sleep(0.05)
+                self.ends.append(time.monotonic() - start)
+        except (BrokenPipeError, ConnectionResetError):
+            if mode.startswith("drip"):
+                self.ends.append(time.monotonic() - start)
 
     def check(self, path, headers, raw):
         try:
@@ -100,6 +171,7 @@ class FakeAPI:
         return f"dark rounded patches ({n} images, {digest % 97})"
 
     def close(self):
+        self.stop.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -108,8 +180,8 @@ class FakeAPI:
 def api():
     servers = []
 
-    def start(mode="ok"):
-        servers.append(FakeAPI(mode))
+    def start(mode="ok", **kw):
+        servers.append(FakeAPI(mode, **kw))
         return servers[-1]
 
     yield start
@@ -436,3 +508,248 @@ def test_cli_run_reopens_its_model_and_data_to_send_full_size_crops(tmp_path, ap
     assert not server.problems, server.problems
     assert server.requests and {s for req in server.requests for s in _sent_sizes(req)} == {(80, 80)}
     assert not [r for r in caplog.records if "thumbnails" in r.getMessage()]
+
+
+# --- hostile keys, endpoints and answers (issue 23): one line, exit 2, the key nowhere ----------------
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    """One run for the tests that must leave it as it was (each checks that it did)."""
+    out = tmp_path_factory.mktemp("vlm") / "run"
+    tiny_run(out)
+    return out
+
+
+def _files(*dirs) -> dict:
+    return {p: p.read_bytes() for d in dirs if d.exists() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def fails_cleanly(argv, capsys, caplog, secret, run, *dirs) -> str:
+    """``neurflow ARGV`` (in this process) exits 2 with one error line and leaves ``run`` as it was;
+    ``secret`` is nowhere: stdout, stderr, the log, ``run`` and ``dirs`` (a cache).  The line."""
+    before = _files(run)
+    caplog.set_level(logging.DEBUG)
+    capsys.readouterr()
+    code = main(argv)
+    out = capsys.readouterr()
+    lines = [line for line in out.err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("neurflow: error: "), (code, out.err)
+    assert _files(run) == before
+    blob = out.out + out.err + caplog.text
+    blob += "".join(b.decode("utf-8", "replace") for b in _files(run, *dirs).values())
+    assert secret not in blob
+    return lines[0]
+
+
+def _nowhere(secret, capsys, caplog, *dirs):
+    out = capsys.readouterr()
+    blob = out.out + out.err + caplog.text + "".join(b.decode("utf-8", "replace") for b in _files(*dirs).values())
+    assert secret not in blob
+
+
+def test_a_key_with_crlf_is_stripped(run_dir, api, tmp_path, monkeypatch, capsys, caplog):
+    """A key read from a file with CRLF endings ends in "\\r\\n": stripped, the endpoint gets the key."""
+    server = api("ok")
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("NF_TEST_KEY", f" {KEY}\r\n")
+    assert main([*vlm_args(run_dir, server.url, tmp_path / "cache"), "--no-relations"]) == 0
+    assert server.requests and not server.problems, server.problems  # "Bearer KEY", nothing around it
+    _nowhere(KEY, capsys, caplog, run_dir, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("secret,bad", [("sk-INNER\rSECRET", "not printable"), ("sk-€-UNICODE-SECRET", "not latin-1")])
+def test_a_key_no_header_can_carry_is_refused_without_showing_it(
+    shared_run, api, tmp_path, monkeypatch, capsys, caplog, secret, bad
+):
+    server = api("ok")
+    monkeypatch.setenv("NF_TEST_KEY", secret)
+    line = fails_cleanly(vlm_args(shared_run, server.url, tmp_path / "c"), capsys, caplog, "SECRET", shared_run)
+    assert line.startswith("neurflow: error: --api-key-env: ") and "$NF_TEST_KEY" in line
+    assert f"a {len(secret)}-character key" in line and bad in line
+    assert server.hits == 0  # refused before anything is sent
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307])
+def test_a_redirect_is_not_followed_with_the_key(shared_run, api, tmp_path, monkeypatch, capsys, caplog, code):
+    """An endpoint answering 3xx to another origin: not followed (the key would go along, a POST
+    would become a GET without the prompt whose answer became every label), one line naming it."""
+    other = api("ok")
+    port = other.url.split(":")[2].split("/")[0]
+    server = api("redirect", location=f"http://localhost:{port}/v1/chat/completions", code=code)
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    line = fails_cleanly(vlm_args(shared_run, server.url, tmp_path / "c"), capsys, caplog, KEY, shared_run)
+    assert line.startswith("neurflow: error: --base-url: ") and f"HTTP {code} to localhost:{port}" in line
+    assert "not followed" in line and "--base-url" in line
+    assert other.hits == 0 and not other.gets  # the other host saw nothing, no key
+    assert server.hits == 1  # a redirect is not retried
+
+
+@pytest.mark.parametrize("mode", ["huge", "huge-length"])
+def test_an_answer_past_the_size_cap_is_refused_unread(shared_run, api, tmp_path, monkeypatch, capsys, caplog, mode):
+    """A 32 MB answer (streamed without a length, or announced by its Content-Length) used to become
+    a 134 MB circuit.json: it is refused at 4 MB and not read further."""
+    server = api(mode)
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    args = [*vlm_args(shared_run, server.url, tmp_path / "c"), "--no-check", "--no-relations"]
+    line = fails_cleanly(args, capsys, caplog, KEY, shared_run)
+    assert "expected an answer of at most 4 MB" in line and "not read further" in line
+    assert server.hits == 1
+
+
+def test_a_long_reply_is_cut_before_it_is_stored(run_dir, api, tmp_path, capsys, caplog):
+    server = api("long")  # a 100 000-character caption, under the size cap
+    caplog.set_level(logging.WARNING)
+    size = (run_dir / "circuit.json").stat().st_size
+    assert main([*vlm_args(run_dir, server.url, tmp_path / "cache"), "--no-check", "--no-relations"]) == 0
+    texts = [g.label["text"] for l in load(run_dir).layers for g in l.groups if g.label]
+    assert texts and all(len(t) == 2001 and t == "a" * 2000 + "…" for t in texts)
+    assert [r for r in caplog.records if "cut to 2000" in r.getMessage()]
+    assert (run_dir / "circuit.json").stat().st_size < size + len(texts) * 5000
+
+
+def test_the_key_is_removed_from_what_the_endpoint_sends_back(run_dir, api, tmp_path, capsys, caplog):
+    """An endpoint that echoes the request's headers: its answer is stored, the key is not."""
+    server = api("echo")
+    caplog.set_level(logging.DEBUG)
+    assert main([*vlm_args(run_dir, server.url, tmp_path / "cache"), "--no-check", "--no-relations"]) == 0
+    texts = {g.label["text"] for l in load(run_dir).layers for g in l.groups if g.label}
+    assert texts == {"I was asked with Bearer ***"}
+    _nowhere(KEY, capsys, caplog, run_dir, tmp_path / "cache")
+
+
+def test_an_error_body_never_shows_part_of_the_key(shared_run, api, tmp_path, monkeypatch, capsys, caplog):
+    """The key straddles the first 200 bytes of the body: removed before the cut, no prefix left."""
+    server = api("500-cut")
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    args = [*vlm_args(shared_run, server.url, tmp_path / "c"), "--retries", "0"]
+    line = fails_cleanly(args, capsys, caplog, KEY[:8], shared_run)
+    assert "HTTP 500: " + "x" * 190 + "*** was" in line
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--backoff", "-1"),
+        ("--backoff", "nan"),
+        ("--timeout", "nan"),
+        ("--timeout", "inf"),
+        ("--timeout", "1e300"),
+        ("--retries", "1000"),
+    ],
+)
+def test_bad_numeric_options(shared_run, api, tmp_path, monkeypatch, capsys, flag, value):
+    server = api("ok")
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    line = one_line([*vlm_args(shared_run, server.url, tmp_path / "c"), flag, value], capsys)
+    assert line.startswith(f"neurflow: error: {flag}: expected ")
+    assert server.hits == 0
+
+
+def test_a_base_url_with_surrounding_spaces_works(run_dir, api, tmp_path):
+    server = api("ok")
+    assert main([*vlm_args(run_dir, f" {server.url} ", tmp_path / "cache"), "--no-relations"]) == 0
+    assert server.requests and not server.problems, server.problems
+
+
+@pytest.mark.parametrize(
+    "url,needle",
+    [
+        ("http://127.0.0.1:{port}/v 1", "space or control character"),
+        ("http://127.0.0.1:{port}/v1\t/x", "space or control character"),
+        ("http://user:pw-SECRET@127.0.0.1:{port}/v1", "credentials in the URL"),
+        ("http://127.0.0.1:{port}/v1?x=1", "query or fragment"),
+        ("http://127.0.0.1:99999/v1", "bad host or port"),
+        ("http://[::1/v1", "bad host or port"),
+        ("http:///v1", "with a host"),
+        ("http://127.0.0.1:{port}/vé1", "non-ASCII"),
+    ],
+)
+def test_bad_base_urls(shared_run, api, tmp_path, monkeypatch, capsys, caplog, url, needle):
+    server = api("ok")
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    url = url.format(port=server.url.split(":")[2].split("/")[0])
+    line = fails_cleanly(vlm_args(shared_run, url, tmp_path / "c"), capsys, caplog, "pw-SECRET", shared_run)
+    assert line.startswith("neurflow: error: --base-url: expected an http(s) URL") and needle in line
+    assert server.hits == 0
+
+
+@pytest.mark.parametrize("mode", ["drip-head", "drip-body"])
+def test_a_slow_drip_endpoint_times_out_per_try(run_dir, api, tmp_path, mode):
+    """One byte every 50 ms, in the headers or the body: each socket read succeeds, so a timeout per
+    read never fired; each try now ends --timeout seconds after it began (by the endpoint's clock)."""
+    server = api(mode)
+    args = vlm_args(run_dir, server.url, tmp_path / "cache", "--timeout", "1", "--retries", "1", "--backoff", "0")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "neurflow.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "NF_TEST_KEY": KEY},
+            timeout=180,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the client never gave up on an endpoint that sends one byte at a time")
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("neurflow: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no usable answer after 2 tries: timed out" in errors[0]
+    assert server.hits == 2 and len(server.ends) == 2 and all(t < 4 for t in server.ends), server.ends
+
+
+def test_no_proxy_for_a_loopback_endpoint(run_dir, api, tmp_path, monkeypatch):
+    """An http_proxy in the environment would be handed the key (and the crops) for an endpoint on
+    this machine, which it cannot reach; other endpoints still go through it."""
+    proxy = api("ok")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, proxy.url.rsplit("/", 1)[0])
+    server = api("ok")
+    assert main([*vlm_args(run_dir, server.url, tmp_path / "cache"), "--no-relations"]) == 0
+    assert proxy.hits == 0 and server.requests and not server.problems
+    # an endpoint elsewhere is asked through the proxy (which answers here)
+    lab = get_labeler(
+        "vlm", base_url="http://vlm.invalid/v1", model=MODEL, api_key_env="NF_TEST_KEY", cache_dir=tmp_path / "c2"
+    )
+    assert lab.client.complete([{"type": "text", "text": "Here are"}])
+    assert proxy.hits == 1
+
+
+@pytest.mark.parametrize("mode", ["garbage", "truncated", "deep"])
+def test_answers_that_are_not_http_or_json_are_retried_then_one_line(
+    shared_run, api, tmp_path, monkeypatch, capsys, caplog, mode
+):
+    server = api(mode)
+    monkeypatch.setenv("NF_TEST_KEY", KEY)
+    args = [*vlm_args(shared_run, server.url, tmp_path / "c"), "--retries", "1", "--backoff", "0"]
+    line = fails_cleanly(args, capsys, caplog, KEY, shared_run)
+    assert "no usable answer after 2 tries: " in line and server.hits == 2
+    want = {
+        "garbage": "not an HTTP answer: HELLO ***",
+        "truncated": "not an HTTP answer: IncompleteRead",
+        "deep": "malformed reply",
+    }
+    assert want[mode] in line
+
+
+def test_a_damaged_cache_entry_is_asked_again(run_dir, api, tmp_path):
+    server = api("ok")
+    args = [*vlm_args(run_dir, server.url, tmp_path / "cache"), "--no-relations"]
+    assert main(args) == 0
+    first, sent = load(run_dir), server.hits
+    entries = sorted((tmp_path / "cache").rglob("*.json"))
+    assert len(entries) == sent
+    for i, p in enumerate(entries):
+        p.write_text(["[1]", '{"reply": 5}', '"text"', '{"reply": ""}'][i % 4])
+    assert main(args) == 0
+    assert server.hits == 2 * sent and load(run_dir).layers == first.layers
+
+
+def test_check_answers_that_are_not_whole_numbers():
+    from neurflow.analysis.labels.vlm import parse_numbers
+    from neurflow.errors import NeurFlowError
+
+    assert parse_numbers('Images [1, "3", 4.0] match', 5) == [0, 2, 3]
+    for reply in ("[1e400]", "[1.5, 2]", "[true]", '["one"]'):
+        with pytest.raises(NeurFlowError, match="^labeler answer: "):
+            parse_numbers(reply, 5)

@@ -162,6 +162,7 @@ def audit(
     """
     labels = _checked_labels(images, labels)
     _check_counts(max_images, max_candidates)
+    AuditOptions(seed=seed)  # refuses a seed outside the one range, as the CLI's --seed
     batch_size, device = batch_size or circuit.config.batch_size, device or circuit.config.device
     names = [l.name for l in circuit.layers]
     chosen = _chosen_layers(names, layers)

@@ -26,6 +26,7 @@ from ..config import DEFAULTS
 from ..errors import NeurFlowError
 from ..method.clustering import linkage_tree
 from ..method.crops import CropPool
+from ..method.groups import nearest_first
 from ..method.probe import logits
 from ..neurons import channel_mask, masks_for, response
 from ..slicing import LayerGraph
@@ -75,9 +76,9 @@ def layer_candidates(layer: Layer, keys: np.ndarray | None, vectors: np.ndarray 
         for child in children[node - n_leaves]:
             child = int(child)
             rows = leaves.get(child, [child])
-            centre = np.asarray(vectors)[rows].mean(axis=0)
-            dist = np.sqrt(((np.asarray(vectors)[rows] - centre) ** 2).sum(axis=1))
-            members = [leaf_keys[rows[j]] for j in np.argsort(dist, kind="stable")]
+            members = [
+                leaf_keys[rows[j]] for j in nearest_first(np.asarray(vectors)[rows], [leaf_keys[r] for r in rows])
+            ]
             if add("subgroup", gid, members):
                 added += 1
                 if added >= max_candidates:

@@ -20,8 +20,11 @@ group's neurons at L and reports the class logit and the top-5 predictions befor
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +36,7 @@ from ..method.crops import CropPool
 from ..method.probe import logits, pool_responses, top_k
 from ..options import SCORES, DebugOptions
 from ..slicing import LayerGraph
-from ..store import display_range, to_uint8
+from ..store import RunDir, display_range, to_uint8
 
 log = logging.getLogger(__name__)
 DEBUG = DebugOptions()  # the defaults of debug_image (and of neurflow debug's flags)
@@ -94,6 +97,34 @@ def image_name(image) -> str:
         return f"index-{int(text)}"
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0])
     return stem.strip("-.") or "image"
+
+
+def image_origin(info: dict) -> str:
+    """What tells two debugged images apart, from ``Run.image``'s description ``info``: a hash of
+    the image file's resolved path, or of DATA[i] (the data's path resolved) for an index."""
+    source = str(info.get("source"))
+    if info.get("index") is None:
+        where = str(Path(source).resolve())
+    else:
+        spec = source.rsplit("[", 1)[0]
+        where = f"{Path(spec).resolve() if spec and Path(spec).exists() else spec}[{info['index']}]"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def debug_name(run_dir: RunDir, image, info: dict) -> str:
+    """The file stem under DIR/debug/ for the ``image`` argument described by ``info``:
+    ``image_name(image)`` when that is free or holds this image's result (a rerun replaces it),
+    else, for another image of the same name (another folder, an index into other data), that
+    name and 8 hex digits of the image's origin: ``cat-1f0e3d2a``."""
+    stem, origin = image_name(image), image_origin(info)
+    try:
+        saved = json.loads(run_dir.debug_file(stem).read_bytes()).get("image")
+    except (OSError, ValueError, AttributeError, RecursionError):  # none, or damaged: the name is free
+        return stem
+    if not isinstance(saved, dict):
+        return stem
+    mine = saved.get("origin") == origin if "origin" in saved else saved.get("source") == info.get("source")
+    return stem if mine else f"{stem}-{origin[:8]}"
 
 
 def _check_layer(circuit: Circuit, layer: str | None) -> int:

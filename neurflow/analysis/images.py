@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..circuit import Circuit
 from ..errors import NeurFlowError
-from ..sources.datasets import IMAGE_EXT, imagenet_transform, to_rgb
+from ..sources.datasets import IMAGE_EXT, PIL_MODES, imagenet_transform, plain_transform, to_mode
 
 
 def shrink_png(data: bytes, max_px: int | None) -> bytes:
@@ -38,9 +37,9 @@ def image_from_data(index, data) -> torch.Tensor:
 
 
 def read_image(path: str, circuit: Circuit) -> torch.Tensor:
-    """An image file prepared like the run's inputs: the ImageNet preset when the run used it,
-    else the pixels scaled to [0, 1], converted to the run's channel count and resized to its
-    image size.  Returns [C, S, S]."""
+    """An image file prepared like the run's inputs: read as greyscale or RGB as the run's images
+    were (its channel count), then the ImageNet preset when the run used it, else the pixels
+    scaled to [0, 1] and resized to its image size.  Returns [C, S, S]."""
     p = Path(path)
     if not p.is_file():
         raise NeurFlowError("image", "an image file or an index into the run's data", path, "no such file")
@@ -48,16 +47,20 @@ def read_image(path: str, circuit: Circuit) -> torch.Tensor:
         raise NeurFlowError("image", "an image file (" + ", ".join(sorted(IMAGE_EXT)) + ")", path)
     prov = circuit.provenance
     size, channels = prov.image_size or 224, prov.image_channels or 3
+    if channels not in PIL_MODES:
+        raise NeurFlowError(
+            "image",
+            "an index into the run's data",
+            path,
+            f"the run's images have {channels} channels; files give 1 or 3",
+        )
     try:
         with Image.open(p) as im:
+            img = to_mode(im, channels)
             if prov.transform == "imagenet":
-                x = imagenet_transform(to_rgb(im))
+                x = imagenet_transform(img)
             else:
-                img = (
-                    to_rgb(im).convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
-                )
-                a = np.asarray(img, dtype=np.float32) / 255.0
-                x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+                x = plain_transform(img.resize((size, size), Image.Resampling.BILINEAR))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise NeurFlowError("image", "a readable image file", path, str(exc)[:160]) from None
     if x.shape[-1] != size:

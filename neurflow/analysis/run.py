@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import logging
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..circuit import Circuit
 from ..config import NeurFlowConfig
@@ -31,8 +33,8 @@ from ..options import Reopen
 from ..slicing import LayerGraph
 from ..sources.datasets import load_data
 from ..sources.models import load_model
-from ..sources.schemes import LoadedModel
-from ..store import THUMB, RunDir, hash_tensors, model_hash, thumbnails
+from ..sources.schemes import MODEL_SCHEMES, LoadedModel
+from ..store import THUMB, DamagedRun, RunDir, hash_tensors, model_hash, thumbnails, trust
 from .images import image_from_data, read_image, shrink_png
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,15 @@ class Run:
                 str(self.dir),
                 "the run directory is incomplete; rerun `neurflow run` into it",
             )
-        return path.read_bytes()
+        data = path.read_bytes()
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format != "PNG":
+                    raise ValueError(f"a {im.format} image")
+                im.verify()
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DamagedRun(self.dir, f"crops/{int(crop)}.png", f"not a readable PNG ({exc})") from None
+        return data
 
     def crop_pngs(self, crops, max_px: int | None = None) -> list[bytes]:
         """PNG bytes of ``crops`` at the resolution the model saw them (each crop resized to the
@@ -132,6 +142,21 @@ class Run:
                 prov.model,
                 "this run recorded no loadable model spec (made from Python?); pass {p:model} [{p:weights}]",
             )
+        if (
+            not r.model
+            and not r.trust_model_spec
+            and MODEL_SCHEMES.lookup(str(spec)) is None
+            and not trust.is_trusted(self.dir.path, str(spec))
+        ):
+            raise NeurFlowError(
+                "model",
+                "a registered model scheme (zoo:, torchvision:, ...) in the run, or a model spec given by you",
+                spec,
+                "the run records a model factory, which runs code, and you did not run it into this directory "
+                "(or it moved, or the factory file changed): a spec read from a run directory is data, not "
+                "permission to execute it; pass {p:model} SPEC to name the code yourself, or "
+                "{p:trust_model_spec} to run the recorded one if you trust the directory",
+            )
         weights = r.weights if r.model else (r.weights or prov.weights)
         loaded = load_model(spec, weights, r.trust_checkpoint, seed=self.config.seed)
         self._check_weights(loaded.model, spec, "; pass the run's {p:model} and {p:weights}")
@@ -168,14 +193,41 @@ class Run:
                 prov.data,
                 "this run recorded no data spec (made from Python?); pass {p:data}",
             )
-        return load_data(spec, r.transform if r.data else (r.transform or prov.transform))
+        # the channels the run fed its model: greyscale files read as it read them, tensors converted alike
+        data = load_data(spec, r.transform if r.data else (r.transform or prov.transform), prov.image_channels or None)
+        if not r.data and prov.data_hash and hash_tensors([("images", data.images)]) != prov.data_hash:
+            raise NeurFlowError(
+                "data",
+                "the data the run was computed on",
+                spec,
+                f"the recorded spec gives other images here than the run's (hash {prov.data_hash[:12]}...): "
+                "changed or moved files; pass the run's {p:data}",
+            )
+        return data
 
     @cached_property
     def class_selection(self) -> tuple[torch.Tensor, np.ndarray]:
         """(class images, their indices in the data), selected as the run selected them."""
         cfg, data = self.config, self.data
-        pred = logits(self.model, data.images, batch_size=cfg.batch_size, device=cfg.device)
-        return select_class_images(data.images, pred, data.labels, self.target, cfg.selection)
+        labelled = cfg.selection == "labelled" and data.labels is not None
+        pred = None if labelled else logits(self.model, data.images, batch_size=cfg.batch_size, device=cfg.device)
+        selected = select_class_images(data.images, pred, data.labels, self.target, cfg.selection)
+        recorded = self.provenance.class_images_hash
+        if recorded and self._images_hash(selected[0]) != recorded:
+            raise NeurFlowError(
+                "data",
+                "the data the run was computed on (the same class images)",
+                data.spec or "data",
+                f"its class images differ from the run's (hash {recorded[:12]}...): another file, folder or "
+                "transform, or a relative path that names something else here; pass the run's {p:data}",
+            )
+        return selected
+
+    def _images_hash(self, images: torch.Tensor) -> str:
+        found = self._cache.get("images_hash")
+        if found is None or found[0] is not images:
+            found = self._cache["images_hash"] = (images, hash_tensors([("images", images)]))
+        return found[1]
 
     @property
     def class_images(self) -> torch.Tensor:
@@ -199,7 +251,7 @@ class Run:
     @cached_property
     def identity(self) -> str:
         """Hash of the run, the model's weights and the class images (keys checkpoints)."""
-        parts = [self.provenance.run_hash, model_hash(self.model), hash_tensors([("images", self.class_images)])]
+        parts = [self.provenance.run_hash, model_hash(self.model), self._images_hash(self.class_images)]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
     def responses(self, layer: str) -> np.ndarray:
@@ -239,7 +291,7 @@ class Run:
                 "source": f"{data.spec or 'data'}[{i}]",
                 "index": i,
                 "label": label,
-                "label_name": names[label] if label is not None and label < len(names) else None,
+                "label_name": names[label] if label is not None and 0 <= label < len(names) else None,
                 "file": data.files[i] if data.files else None,
             }
         return read_image(text, self.circuit), {

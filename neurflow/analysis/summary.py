@@ -59,7 +59,10 @@ def summary(c: Circuit, directory=None) -> str:
         lines += ["", "timings (s): " + ", ".join(f"{k}={v}" for k, v in timings.items())]
     audit = saved_audit(directory, c.target) if directory is not None else None
     if audit:
-        lines += ["", "dataset audit (audit.json), best candidates:", audit_summary(audit, limit=5)]
+        try:
+            lines += ["", "dataset audit (audit.json), best candidates:", audit_summary(audit, limit=5)]
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a damaged file
+            lines += ["", f"dataset audit: audit.json is damaged ({type(exc).__name__}: {exc}); rerun `neurflow audit`"]
     return "\n".join(lines)
 
 

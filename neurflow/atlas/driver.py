@@ -11,7 +11,6 @@ Rerunning the same command resumes: a finished class is reloaded by ``fit`` (not
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -165,10 +164,10 @@ def _bar(prep: Prepared, quiet: bool):
 
 def _layers_done(directory) -> int:
     try:
-        m = json.loads(RunDir(directory).manifest.read_text())
-    except (OSError, ValueError):
+        m = RunDir(directory).read_manifest()
+    except NeurFlowError:  # damaged: the class's run recomputes it
         return 0
-    return len(m.get("layers_done", [])) + (1 if m.get("complete") else 0)
+    return 0 if m is None else len(m.get("layers_done", [])) + (1 if m.get("complete") else 0)
 
 
 def _show_running(bar, prep: Prepared, running: list) -> None:

@@ -10,7 +10,7 @@ import sys
 from ..config import NeurFlowConfig
 from ..errors import NeurFlowError
 from ..options import TRANSFORMS, AtlasOptions
-from .flags import add_flags
+from .flags import add_flags, from_flags
 
 HELP = "every class of a model, one circuit each, on Ray workers; DIR/atlas.json and DIR/index.html"
 
@@ -35,6 +35,8 @@ def cmd_atlas(args) -> int:
     from ..atlas.driver import run_atlas  # lazy: --help loads no torch
     from ..atlas.plan import Plan, demo_plan, parse_targets  # lazy: --help loads no torch
 
+    from_flags(AtlasOptions, args)  # the options' own checks (finite numbers) before any work
+    cfg = from_flags(NeurFlowConfig, args)  # the settings' checks, before the demo's are compared with them
     if args.model is None and args.data is None:
         runtime = {k: getattr(args, k) for k in ("device", "batch_size", "engine")}
         defaults = NeurFlowConfig()
@@ -59,9 +61,6 @@ def cmd_atlas(args) -> int:
             raise NeurFlowError(missing, f"a {missing} spec with {'--data' if missing == 'model' else '--model'}", None)
         if args.out is None:
             raise NeurFlowError("out", "an output directory for the atlas", None)
-        cfg = NeurFlowConfig(
-            **{f.name: getattr(args, f.name) for f in dataclasses.fields(NeurFlowConfig) if f.name != "threads"}
-        )
         layers = tuple(s.strip() for s in args.layers.split(",") if s.strip()) if args.layers else None
         plan = Plan(
             args.model,

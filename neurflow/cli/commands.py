@@ -13,6 +13,7 @@ import json
 import os
 
 from ..config import NeurFlowConfig
+from ..options import AuditOptions, DebugOptions, LabelOptions
 from .atlas import cmd_atlas
 from .flags import from_flags, split_names
 
@@ -117,10 +118,11 @@ def _on_device(run):
 
 
 def cmd_debug(args) -> int:
-    from ..analysis.debug import debug_image, image_name, image_png  # lazy: --help loads no torch
+    from ..analysis.debug import debug_image, debug_name, image_origin, image_png  # lazy: --help loads no torch
     from ..analysis.summary import debug_summary  # lazy: --help loads no torch
     from ..store import atomic_write, write_json  # lazy: --help loads no torch
 
+    from_flags(DebugOptions, args)  # the options' own checks (finite numbers, the seed's range) before any work
     run = _reopen(args)
     image, source = run.image(args.image)
     cfg = run.config
@@ -138,10 +140,11 @@ def cmd_debug(args) -> int:
             source=source,
             representatives=args.representatives,
         )
-    name = image_name(args.image)
-    result["image"]["name"] = name
-    atomic_write(run.dir.debug_file(name, "png"), image_png(image))
-    write_json(run.dir.debug_file(name), result)
+    with run.dir.updating():  # named and written under the lock: two debugs of one name do not collide
+        name = debug_name(run.dir, args.image, source)
+        result["image"].update(name=name, origin=image_origin(source))
+        atomic_write(run.dir.debug_file(name, "png"), image_png(image))
+        write_json(run.dir.debug_file(name), result)
     _emit(args, run, result, debug_summary(result), run.dir.debug_file(name))
     return 0
 
@@ -164,6 +167,7 @@ def cmd_audit(args) -> int:
     from ..analysis.summary import audit_summary  # lazy: --help loads no torch
     from ..store import write_json  # lazy: --help loads no torch
 
+    from_flags(AuditOptions, args)  # the options' own checks (finite numbers, the seed's range) before any work
     run = _reopen(args)
     cfg = run.config
     with _on_device(run):
@@ -181,8 +185,9 @@ def cmd_audit(args) -> int:
             max_candidates=args.max_candidates,
         )
     result["data"] = run.data.spec or args.data
-    _write_fp_thumbnails(run, result)
-    write_json(run.dir.audit, result)
+    with run.dir.updating():
+        _write_fp_thumbnails(run, result)
+        write_json(run.dir.audit, result)
     _emit(args, run, result, audit_summary(result), run.dir.audit)
     return 0
 
@@ -193,7 +198,9 @@ def cmd_label(args) -> int:
     from ..analysis.run import Run  # lazy: --help loads no torch
     from ..analysis.summary import labels_summary  # lazy: --help loads no torch
 
-    run = Run(args.directory, quiet=args.quiet)  # a clear error for a wrong DIR before contacting anything
+    from_flags(LabelOptions, args)  # the options' own checks (finite numbers, the seed's range) before any work
+    # a clear error for a wrong DIR before contacting anything
+    run = Run(args.directory, quiet=args.quiet, trust_model_spec=args.trust_model_spec)
     entry = LABELERS.get(args.labeler)
     options = {k: getattr(args, k) for k in (entry.options if entry else ()) if getattr(args, k) is not None}
     labeler = get_labeler(args.labeler, **options)

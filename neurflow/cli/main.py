@@ -12,6 +12,7 @@ from ..errors import NeurFlowError
 from ..progress import end_line, log_stream
 from .commands import COMMANDS
 from .parser import Parser, build_parser
+from .terminal import SafeFormatter, SafeStream, printable
 
 HINT_NAMES = {"directory": "DIR", "images": "--data", "labels": "--data", "experiment": "EXPERIMENT"}
 
@@ -26,25 +27,28 @@ def flag_namer(parser: Parser, command: str):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-        format="neurflow: %(message)s",
-        stream=log_stream(),  # a log line never starts after a progress bar's carriage return
-    )
+    handler = logging.StreamHandler(log_stream())  # a log line never starts after a progress bar's carriage return
+    handler.setFormatter(SafeFormatter("neurflow: %(message)s"))
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, handlers=[handler])
+    stdout, sys.stdout = sys.stdout, SafeStream(sys.stdout)
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that went away (`neurflow show DIR | head -1`) shows here, not at exit
         return code
     except BrokenPipeError:
+        sys.stdout = stdout
         return _stdout_gone()
     except NeurFlowError as exc:
         _end_progress_line()
-        print(f"neurflow: error: {exc.render(flag_namer(parser, args.command))}", file=sys.stderr)
+        print(f"neurflow: error: {printable(exc.render(flag_namer(parser, args.command)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _end_progress_line()
         print("neurflow: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if isinstance(sys.stdout, SafeStream):
+            sys.stdout = stdout
 
 
 def _end_progress_line() -> None:

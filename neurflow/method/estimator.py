@@ -35,7 +35,7 @@ from ..provenance import Provenance
 from ..slicing import LayerGraph
 from ..sources.datasets import Dataset
 from ..sources.schemes import LoadedModel
-from ..store import RunStore, hash_tensors, model_hash, run_hash
+from ..store import RunStore, hash_tensors, model_hash, run_hash, trust
 from .crops import CropPool
 from .groups import assemble
 from .layer_pass import fit_layers
@@ -58,6 +58,7 @@ class Prepared:
     settings: dict
     model_hash: str
     run_hash: str
+    images_hash: str  # of the class images: a reopened run checks its data against it
 
 
 class NeurFlow:
@@ -150,6 +151,8 @@ class NeurFlow:
                 prep = self._prepare(model, images, target, layers, labels, class_names, leaf_modules, predictions,
                                      provenance, timings)  # fmt: skip
                 store = self._store(owned, store, out, overwrite, prep.run_hash)
+                if store is not None and provenance is not None:  # the caller named this spec for this run
+                    trust.remember(store.dir, provenance.model_spec)
                 finished = store.finished() if store is not None else None
                 if finished is not None:  # the same run is already finished there: nothing to recompute
                     self.circuit_ = finished
@@ -177,11 +180,11 @@ class NeurFlow:
         cfg = self.config
         graph = LayerGraph(model, layers, leaf_modules, cfg.channel_axis)
         t = time.perf_counter()
-        pred = (
-            logits(graph.full(), images, batch_size=cfg.batch_size, device=cfg.device, finite=True)
-            if predictions is None
-            else _check_predictions(predictions, images)
-        )
+        if predictions is not None:
+            pred = _check_predictions(predictions, images)
+        else:  # labelled selection reads no prediction: one image gives the number of classes
+            some = images[:1] if cfg.selection == "labelled" and labels is not None else images
+            pred = logits(graph.full(), some, batch_size=cfg.batch_size, device=cfg.device, finite=True)
         target = resolve_target(target, pred.shape[1], class_names)
         class_images, kept = select_class_images(images, pred, labels, target, cfg.selection)
         pool = CropPool(class_images, cfg.granularities, cfg.stride_ratio)
@@ -189,8 +192,9 @@ class NeurFlow:
         settings = {**cfg.method_dict(), "layers": layers, "target": target}
         weights = model_hash(model)
         code = graph.code + "\n" + str((provenance.model_spec if provenance else None) or "")
-        digest = run_hash(weights, hash_tensors([("images", class_images)]), settings, code)
-        return Prepared(graph, target, class_images, kept, pool, settings, weights, digest)
+        images_hash = hash_tensors([("images", class_images)])
+        digest = run_hash(weights, images_hash, settings, code)
+        return Prepared(graph, target, class_images, kept, pool, settings, weights, digest, images_hash)
 
     @staticmethod
     def _store(owned: contextlib.ExitStack, store, out, overwrite: bool, digest: str) -> RunStore | None:
@@ -246,6 +250,7 @@ class NeurFlow:
             image_channels=int(images.shape[1]),
             run_hash=prep.run_hash,
             model_hash=prep.model_hash,
+            class_images_hash=prep.images_hash,
             crop_sizes={str(int(s)): int((pool.side == s).sum()) for s in np.unique(pool.side)},
             timings_s=timings,
         )

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import traceback
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.fx as fx
 from torch import nn
 
-from .._state import preserved
+from .._state import on_device, preserved
 from ..config import DEFAULTS
 from ..errors import NeurFlowError, unknown_name
 from ..neurons import channel_axis, channel_mask, response, width
@@ -90,15 +93,23 @@ def logits(
     Returns a float CPU tensor [N, classes]."""
     outs = []
     plan = dict(zero or {})
+    # a traced graph module is called through forward(): fx's __call__ prints the generated code
+    # to stderr and drops the traceback when an operation in it fails
+    forward = model.forward if isinstance(model, fx.GraphModule) else model
     with contextlib.ExitStack() as stack, torch.no_grad():
         if isinstance(model, nn.Module):
+            stack.enter_context(on_device(model, device))
             stack.enter_context(preserved(model))
             for name, chans in plan.items():
                 stack.enter_context(zeroed(model, name, chans, (axes or {}).get(name)))
         elif plan:
             raise NeurFlowError("model", "an nn.Module (to zero channels of its layers)", type(model).__name__)
         for start in range(0, images.shape[0], batch_size):
-            o = model(images[start : start + batch_size].to(device))
+            batch = images[start : start + batch_size].to(device)
+            try:
+                o = forward(batch)
+            except _MODEL_FAULTS as exc:
+                raise forward_error(model, batch, exc) from None
             if not isinstance(o, torch.Tensor) or o.ndim != 2:
                 raise NeurFlowError(
                     "model", "a model whose forward returns logits [B, classes]", getattr(o, "shape", type(o).__name__)
@@ -110,6 +121,45 @@ def logits(
     if finite and not torch.isfinite(out).all():
         raise NeurFlowError("model", "finite outputs", "NaN or inf logits", "check the weights and the input transform")
     return out
+
+
+# what Python and torch raise for a computation that does not fit its input (a shape, a dtype);
+# other exceptions (the user's own, NeurFlowError from a hook, Ctrl-C) pass as they are
+_MODEL_FAULTS = (ArithmeticError, AssertionError, AttributeError, LookupError, RuntimeError, TypeError, ValueError)
+# frames in these folders are not the user's code: torch's and neurflow's
+_LIBRARIES = tuple(os.path.dirname(os.path.realpath(f)) + os.sep for f in (torch.__file__, os.path.dirname(__file__)))
+
+
+def user_frame(tb) -> str:
+    """Where in the user's code a traceback ends: its innermost frame outside torch and neurflow,
+    as ``FILE:LINE in NAME: code``; a line of torch.fx's trace of a ``forward`` is named by the
+    forward it was traced from (``<eval_with_key>.N from FILE:LINE in forward``) and the traced line."""
+    found = ""
+    for frame, line in traceback.walk_tb(tb):
+        code = frame.f_code
+        file = code.co_filename
+        text = (traceback.FrameSummary(file, line, code.co_name, lookup_line=True).line or "").split(";")[0]
+        if file.startswith("<eval_with_key>"):
+            origin = file.partition(" from ")[2] or "the model's traced forward"
+            found = f"{origin}, traced line: {text}"
+        elif not os.path.realpath(file).startswith(_LIBRARIES):
+            found = f"{file}:{line} in {getattr(code, 'co_qualname', code.co_name)}: {text}"
+    return found
+
+
+def forward_error(model, batch: torch.Tensor, exc: BaseException) -> NeurFlowError:
+    """The model's forward failed on ``batch``: one line naming the model, the input's shape and
+    dtype, the error and where in the user's code it was raised."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    where = user_frame(exc.__traceback__)
+    name = "" if isinstance(model, fx.GraphModule) else f"{type(model).__name__} "
+    given = f"input {list(batch.shape)} {str(batch.dtype).removeprefix('torch.')}"
+    return NeurFlowError(
+        "model",
+        f"a model {name}whose forward accepts the data ({given})",
+        f"{type(exc).__name__}: {text}",
+        (f"raised at {where}; " if where else "") + "check the data's channels, size and {p:transform}",
+    )
 
 
 def top_k(row: torch.Tensor, k: int = 5, class_names: Sequence[str] | None = None) -> list[dict]:

@@ -10,7 +10,8 @@ from ..errors import NeurFlowError, unknown_name
 
 
 def select_class_images(images, logits, labels, target: int, selection: str):
-    """The class images and their indices in ``images``."""
+    """The class images and their indices in ``images``: those ``labels`` mark as ``target``
+    (``labelled``: ``logits`` are not read and may be None), or those ``logits`` predict as it."""
     if selection == "labelled":
         if labels is None:
             raise NeurFlowError(
@@ -19,19 +20,22 @@ def select_class_images(images, logits, labels, target: int, selection: str):
                 "data without labels",
                 "use {p:selection} predicted or give labelled data",
             )
-        keep = (torch.as_tensor(labels) == target).nonzero().flatten()
-        what = "labelled as"
+        classes = torch.as_tensor(labels)
+        keep = (classes == target).nonzero().flatten()
+        what, common_kind = "labelled as", "most labelled"
     else:
-        keep = (logits.argmax(1) == target).nonzero().flatten()
-        what = "predicted as"
+        classes = logits.argmax(1)
+        keep = (classes == target).nonzero().flatten()
+        what, common_kind = "predicted as", "most predicted"
     if keep.numel() == 0:
-        top = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).topk(min(3, logits.shape[1]))
+        classes = classes[classes >= 0].long()  # labels < 0: unlabelled
+        top = torch.bincount(classes, minlength=1).topk(min(3, int(classes.max()) + 1 if classes.numel() else 1))
         common = ", ".join(f"{int(c)} ({int(n)} images)" for n, c in zip(top.values, top.indices) if n > 0)
         raise NeurFlowError(
             "target",
             f"a class with at least one image {what} it",
             target,
-            f"no image is {what} {target}; most predicted: {common}",
+            f"no image is {what} {target}; {common_kind}: {common or 'none'}",
         )
     return images[keep], keep.numpy()
 

@@ -17,7 +17,7 @@ from .axes import Inside, channels_first, channels_last, known_axis, module_axis
 from .inplace import out_of_place
 from .norms import freeze
 from .ops import closure, cut_of, descendants
-from .trace import LAYERS_HINT, code_digest, is_standard, trace_model, usable_layers
+from .trace import LAYERS_HINT, code_digest, global_hook_kind, hook_kind, is_standard, trace_model, usable_layers
 
 # -- in-place writes, rewritten out of place -----------------------------------------------------
 
@@ -43,7 +43,7 @@ class LayerGraph:
         self.leaf_modules = tuple(leaf_modules)
         flat_tracer, self._flat = trace_model(model, leaf_modules=leaf_modules)
         self._check_names(usable_layers(flat_tracer))
-        _, self.graph = trace_model(model, self.layers, leaf_modules)
+        _, self.graph = trace_model(model, [*self.layers, *self._hooked_leaves()], leaf_modules)
         self.nodes: dict[str, fx.Node] = {
             str(n.target): n for n in self.graph.nodes if n.op == "call_module" and n.target in self.layers
         }
@@ -80,6 +80,39 @@ class LayerGraph:
                         f"{a} and {b}",
                         "pick either the block or its parts",
                     )
+
+    def _hooked_leaves(self) -> list[str]:
+        """The modules with forward hooks that the graph must call whole so that their hooks run
+        (torch.fx traces through a module's ``forward`` and runs its hooks once, on the tracing
+        proxies, never on the data).  An analysed layer, torch's own modules, ``leaf_modules`` and
+        what lies inside them are called whole already; a module an analysed layer lies in, the
+        model itself or a global module hook cannot be: refused (``NeurFlowError``)."""
+        model_kind = hook_kind(self.model)
+        if global_hook_kind() or model_kind:
+            raise NeurFlowError(
+                "model",
+                "a model without hooks on itself and no global module hooks",
+                f"{type(self.model).__name__} with {global_hook_kind() or model_kind}",
+                "the sliced graph runs the model's forward(), not hooks around the whole model; remove the hook or "
+                "write what it does into forward()",
+            )
+        leaves: list[str] = []
+        for name, m in self.model.named_modules():
+            kind = hook_kind(m)
+            whole = name in self.layers or is_standard(m) or isinstance(m, self.leaf_modules)
+            if not kind or whole or any(name.startswith(a + ".") for a in [*self.layers, *leaves]):
+                continue
+            inside = [a for a in self.layers if a.startswith(name + ".")]
+            if inside:
+                raise NeurFlowError(
+                    "layers",
+                    "layers outside the modules that have forward hooks",
+                    ",".join(inside),
+                    f"{name} has {kind}, which the sliced graph cannot run: it opens {name} to reach {inside[0]}; "
+                    f"remove the hook, write what it does into forward(), or pick layers outside {name}",
+                )
+            leaves.append(name)
+        return leaves
 
     def _check_on_the_output_path(self) -> None:
         """Every layer on the way to the output (not a discarded side head)."""

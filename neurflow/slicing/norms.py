@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .inplace import out_of_place
-from .trace import FlatTracer
+from .trace import FlatTracer, hook_kind
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def norm_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     found = []
     for n in gm.graph.nodes:
         if n.op == "call_module" and type(modules.get(n.target)) in NORM_MODULES:
-            found.append(n)
+            if not hook_kind(modules[n.target]):  # a hooked one stays a call (plain): its hooks run
+                found.append(n)
         elif n.op == "call_function" and n.target in RULES:
             found.append(n)
     return found
@@ -174,19 +175,31 @@ class _WithScales(nn.Module):
         return (*out, *self.scales(*out))
 
 
+def _warn_hooked_norms(flat: fx.GraphModule) -> None:
+    """A warning per module of the segment that has forward hooks and is or holds a normalisation:
+    it is called as it is (its hooks run), so its normalisations are differentiated through (plain)."""
+    modules = dict(flat.named_modules())
+    for n in flat.graph.nodes:
+        m = modules.get(n.target) if n.op == "call_module" else None
+        if m is not None and hook_kind(m) and any(type(k) in NORM_MODULES for k in m.modules()):
+            log.warning("norm_rule frozen: %s has %s; it is run as it is so that the hook runs, and its "
+                        "normalisations are differentiated through (plain)", n.target, hook_kind(m))  # fmt: skip
+
+
 def freeze(prefix: nn.Module, segment: fx.GraphModule, leaf_modules: Sequence[type] = ()) -> tuple:
     """(prefix, segment) with the segment's normalisations held at their scale on the crop (the
     scales are extra outputs of the prefix and extra inputs of the segment).  The segment is
     traced through its modules first (an analysed layer such as a transformer block is one call
     in the model's graph, its normalisations inside); unchanged when it has none."""
     try:
-        flat = fx.GraphModule(segment, FlatTracer(leaf_modules).trace(segment))
+        flat = fx.GraphModule(segment, FlatTracer(leaf_modules, keep_hooked=True).trace(segment))
     except Exception as exc:  # noqa: BLE001 - a segment that does not trace through keeps its normalisations
         if any(type(m) in NORM_MODULES for m in segment.modules()):
             why = str(exc).splitlines()[0][:120]
             log.warning("norm_rule frozen: the segment does not trace through its modules (%s); its normalisations "
                         "are differentiated through (plain)", why)  # fmt: skip
         return prefix, segment
+    _warn_hooked_norms(flat)
     if not norm_nodes(flat):
         return prefix, segment
     out_of_place(flat.graph, dict(flat.named_modules()))

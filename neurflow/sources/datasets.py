@@ -3,12 +3,19 @@
 * ``SCHEME:NAME`` - a registered scheme (``register_data_scheme``; plugins register theirs, see
   ``neurflow.schemes``);
 * otherwise a path: an image folder (ImageFolder layout or flat) or a ``.pt`` file holding an
-  image tensor [N, 3, H, W] or a dict with ``images`` and ``labels``."""
+  image tensor [N, C, H, W] or a dict with ``images`` and ``labels``.
+
+``channels`` (the model's input channels, ``models.input_channels``) says what the images become:
+image files are read as greyscale (PIL ``L``) or RGB, tensors with another channel count are
+repeated (1 -> 3), averaged (3 -> 1) or lose their alpha channel (4 -> 3), each with one info line;
+other counts are a one-line error.  Without it, images come with 3 channels (greyscale repeated,
+alpha dropped)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +30,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PIL_MODES = {1: "L", 3: "RGB"}  # the channel counts image files are read into
 
 
 @dataclass
@@ -51,32 +59,87 @@ def imagenet_transform(img: Image.Image) -> torch.Tensor:
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     top, left = int(round((new_h - 224) / 2.0)), int(round((new_w - 224) / 2.0))
     img = img.crop((left, top, left + 224, top + 224))
-    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
-    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    x = plain_transform(img)
+    mean, std = imagenet_stats(x.shape[0])
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """``img`` as 8-bit RGB.  16-bit greyscale (PNG, TIFF: modes ``I;16*`` and ``I``) is scaled by
-    its bit depth (``convert`` would clip it at 255: nearly white); 16-bit RGB is read as 8-bit
-    by PIL already."""
+def imagenet_stats(channels: int) -> tuple[tuple, tuple]:
+    """(mean, std) of the ImageNet preset: per RGB channel, or their averages (0.449, 0.226) for
+    a greyscale image."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+
+
+def to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
+    """``img`` as 8-bit RGB, or greyscale (``L``) for ``channels`` 1.  16-bit greyscale (PNG,
+    TIFF: modes ``I;16*`` and ``I``) is scaled by its bit depth (``convert`` would clip it at 255:
+    nearly white); 16-bit RGB is read as 8-bit by PIL already."""
     if img.mode.startswith("I;16") or img.mode == "I":
         a = np.asarray(img).astype(np.float64)
         depth = 65535.0 if img.mode != "I" or a.max(initial=0) <= 65535 else float(2**32 - 1)
         img = Image.fromarray(np.clip(np.round(a / depth * 255), 0, 255).astype(np.uint8), "L")
-    return img.convert("RGB")
+    return img.convert(PIL_MODES[channels])
 
 
 def plain_transform(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    """An 8-bit ``L`` or ``RGB`` image as a float tensor [C, H, W] in [0, 1]."""
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+
+
+def fit_channels(images: torch.Tensor, channels: int | None, where: str) -> torch.Tensor:
+    """Tensor images [N, C, H, W] with ``channels`` channels (None, a model that does not say: 3
+    from 1 or 4, other counts as stored), converted with one info line; a count that does not
+    convert is one line."""
+    have = int(images.shape[1])
+    want = channels if channels is not None else (3 if have in (1, 4) else have)
+    if have == want:
+        return images
+    if have == 4 and want in (1, 3):
+        log.info("data: the 4th (alpha) channel of the images in %s dropped", where)
+        images, have = images[:, :3], 3
+    if have == want:
+        return images
+    if (have, want) == (1, 3):
+        log.info("data: the 1-channel images in %s repeated to the model's 3 channels", where)
+        return images.repeat(1, 3, 1, 1)
+    if (have, want) == (3, 1):
+        log.info("data: the 3-channel images in %s averaged to the model's 1 channel", where)
+        return images.mean(1, keepdim=True)
+    raise NeurFlowError(
+        "data",
+        f"images with {want} channel(s), as the model's first layer takes",
+        f"{have} channels",
+        f"{where}: only 1 <-> 3 channels (and dropping an alpha channel) are converted",
+    )
+
+
+def _values(t, what: str, where: str):
+    """``t`` (images or labels of a tensor file or a scheme) as a dense tensor with values: a
+    sparse one made dense (one info line), a meta one (shapes without values) refused."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    if t.is_meta:
+        raise NeurFlowError(
+            "data", f"{what} with values", "a tensor on the meta device", f"{where}: it holds shapes, no values"
+        )
+    if t.layout != torch.strided:
+        log.info("data: the sparse %s tensor in %s made dense", what, where)
+        t = t.to_dense()
+    if t.is_complex():
+        raise NeurFlowError("data", f"real {what}", f"a {str(t.dtype).removeprefix('torch.')} tensor", where)
+    return t
 
 
 # the registry and its functions live in schemes.py (no torch there: `neurflow --help` reads it)
 _SCHEMES = DATA_SCHEMES
 
 
-def load_data(spec: str, transform: str | None = None) -> Dataset:
+def load_data(spec: str, transform: str | None = None, channels: int | None = None) -> Dataset:
     """``transform`` ("imagenet" or "none") applies to image folders; a scheme's data comes
-    prepared by the scheme."""
+    prepared by the scheme (and is given ``channels``, when they are given, as tensor files are)."""
     if transform is not None and transform not in TRANSFORMS:
         raise NeurFlowError("transform", " or ".join(TRANSFORMS), transform)
     if not isinstance(spec, str) or not spec:
@@ -87,7 +150,11 @@ def load_data(spec: str, transform: str | None = None) -> Dataset:
         data = loader(rest)
         if not isinstance(data, Dataset):
             raise NeurFlowError("data", "a scheme loader returning a Dataset", spec, type(data).__name__)
-        return data
+        images = _values(data.images, "images", spec)
+        if channels is not None:  # a scheme's images are as it made them unless a model says otherwise
+            images = fit_channels(images, channels, spec)
+        labels = _values(data.labels, "labels", spec)
+        return data if images is data.images and labels is data.labels else replace(data, images=images, labels=labels)
     path = Path(spec)
     if not path.exists():
         schemes = _SCHEMES.names()
@@ -96,13 +163,15 @@ def load_data(spec: str, transform: str | None = None) -> Dataset:
             hint += f"; the schemes are {', '.join(s + ':' for s in schemes)}"
         raise NeurFlowError("data", "an image folder or a .pt file", spec, hint)
     if path.is_file():
-        return _from_pt(path)
-    return _from_folder(path, transform or "imagenet")
+        return _from_pt(path, channels)
+    return _from_folder(path, transform or "imagenet", channels)
 
 
-def _from_pt(path: Path) -> Dataset:
+def _from_pt(path: Path, channels: int | None = None) -> Dataset:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a sparse tensor is checked, then made dense with one info line
+            warnings.filterwarnings("ignore", "Validating sparse tensor invariants")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise NeurFlowError(
             "data",
@@ -117,19 +186,17 @@ def _from_pt(path: Path) -> Dataset:
         images, labels, names = obj["images"], obj.get("labels"), obj.get("class_names")
     else:
         images = obj
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3, 4):
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise NeurFlowError("data", "an image tensor [N, 3, H, W]", getattr(images, "shape", type(images)))
+    images = _values(images, "images", path.name)
     if images.shape[0] == 0:
         raise NeurFlowError("data", "at least one image", "an empty tensor")
     if images.dtype == torch.uint8:  # pixel values 0..255: scaled as --transform none scales image files
         log.info("data: uint8 images in %s scaled to [0, 1] (divided by 255)", path.name)
     images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    if images.shape[1] == 1:
-        images = images.repeat(1, 3, 1, 1)
-    elif images.shape[1] == 4:
-        images = images[:, :3]
+    images = fit_channels(images, channels, path.name)
     if labels is not None:
-        labels = torch.as_tensor(labels).long()
+        labels = torch.as_tensor(_values(labels, "labels", path.name)).long()
         if labels.shape != (images.shape[0],):
             raise NeurFlowError(
                 "data",
@@ -140,7 +207,7 @@ def _from_pt(path: Path) -> Dataset:
     return Dataset(images, labels, list(names) if names else None, spec=str(path))
 
 
-def _from_folder(path: Path, transform: str) -> Dataset:
+def _from_folder(path: Path, transform: str, channels: int | None = None) -> Dataset:
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     entries: list[tuple[Path, int | None]] = []
     if subdirs:
@@ -158,14 +225,15 @@ def _from_folder(path: Path, transform: str) -> Dataset:
             f"no files with extensions {', '.join(sorted(IMAGE_EXT))}",
         )
     fn = imagenet_transform if transform == "imagenet" else plain_transform
+    channels = _folder_channels(channels, path, transform)
     images, labels, files, skipped = [], [], [], 0
     for f, label in entries:
         try:
             with Image.open(f) as im:
-                rgb = to_rgb(im)
-                if min(rgb.size) < 8:
+                img = to_mode(im, channels)
+                if min(img.size) < 8:
                     raise ValueError("image smaller than 8 px")
-                images.append(fn(rgb))
+                images.append(fn(img))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             skipped += 1
             log.warning("skipped %s: %s", f.name, exc)
@@ -185,3 +253,24 @@ def _from_folder(path: Path, transform: str) -> Dataset:
         log.warning("skipped %d unreadable image(s) of %d", skipped, len(entries))
     lab = torch.tensor(labels) if names else None
     return Dataset(torch.stack(images), lab, names, files, skipped, str(path), transform=transform)
+
+
+def _folder_channels(channels: int | None, path: Path, transform: str) -> int:
+    """The channels image files are read into for a model taking ``channels`` (None: RGB)."""
+    if channels is None or channels == 3:
+        return 3
+    if channels not in PIL_MODES:
+        raise NeurFlowError(
+            "data",
+            f"images with {channels} channels, as the model's first layer takes",
+            str(path),
+            "image files are read as greyscale (1 channel) or RGB (3); give a .pt tensor [N, C, H, W]",
+        )
+    mean, std = imagenet_stats(channels)
+    normalised = f", normalised with the ImageNet statistics averaged over RGB ({mean[0]:.3f}, {std[0]:.3f})"
+    log.info(
+        "data: the images in %s read as greyscale (PIL 'L') for the model's 1 input channel%s",
+        path.name,
+        normalised if transform == "imagenet" else "",
+    )
+    return channels

@@ -11,7 +11,9 @@
 
 Whatever the scheme, ``weights=FILE`` then loads a state dict (``weights_only=True``) into the
 model, and the model is put in eval mode.  A model may declare its class names in a
-``class_names`` attribute (list of str) and its default layers in ``default_layers``.
+``class_names`` attribute (list of str) and its default layers in ``default_layers`` (list of
+str, class layer first); anything else there is a one-line error.  ``input_channels`` reads the
+channels a model's input has.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import importlib.util
 import os
 import sys
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -157,7 +160,43 @@ def _load_model(spec: str, weights: str | None, trust_checkpoint: bool) -> Loade
             why = _state_mismatch(loaded.model, state) or str(exc).strip().splitlines()[0][:200]
             raise NeurFlowError("weights", f"a state dict matching {spec}", weights, why) from None
     loaded.model.eval()
+    loaded.class_names = _declared(loaded.class_names, "class_names", spec)
+    loaded.default_layers = _declared(loaded.default_layers, "default_layers", spec)
     return loaded
+
+
+def _declared(value, what: str, spec: str) -> list | None:
+    """A model's declared ``class_names`` or ``default_layers`` as a list of str (None: none
+    declared); a single string (read letter by letter otherwise), a number or a list of other
+    things is a one-line error."""
+    if value is None:
+        return None
+    sequence = isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
+    items = list(value) if sequence else None  # a list, a tuple, an array of str
+    if items is None or not all(isinstance(v, str) for v in items):
+        kind = type(value).__name__ if items is None else "a list with non-str items"
+        example = "['head', 'block3', 'block2']" if what == "default_layers" else "['cat', 'dog']"
+        raise NeurFlowError(
+            "model", f"{what} declared as a list of str, e.g. {example}", spec, f"{what} is {value!r:.60} ({kind})"
+        )
+    return [str(v) for v in items] or None
+
+
+# the modules whose input channels are the model's, when one of them is the first of the model
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def input_channels(model: nn.Module) -> int | None:
+    """The channels the model's input has: the ``in_channels`` of its first convolution, when
+    that comes before any linear layer in the order the model declares its modules (the order
+    its forward almost always calls them in).  None when it does not say (a linear layer first:
+    its input is flattened; no convolution; a lazy one not yet built)."""
+    for m in model.modules():
+        if isinstance(m, _CONVS):
+            return int(m.in_channels) or None
+        if isinstance(m, nn.Linear):
+            return None
+    return None
 
 
 def _as_loaded(obj, spec: str) -> LoadedModel:

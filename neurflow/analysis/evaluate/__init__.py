@@ -12,7 +12,7 @@ import numpy as np
 from ...errors import unknown_name
 from ...options import EXPERIMENT_NAMES
 from ..run import Run
-from .common import Context, Options, save
+from .common import Context, Options, save, seeded
 from .edges import aggregation, edge_correlation, k_impact, methods, optimality, weight_norm
 from .fidelity import fidelity, mct, overlap
 
@@ -100,7 +100,11 @@ def run_eval(run: Run, experiment: str, opts: Options | None = None) -> dict:
     ctx = Context(run, opts or Options())
     run.pool  # noqa: B018 - check the data against the run before any experiment starts
     names = list(EXPERIMENTS) if experiment == "all" else [experiment]
-    return {name: EXPERIMENTS[name](ctx) for name in names}
+    results = {}
+    for name in names:  # each from the seed, whatever ran before it (a resumed `all` equals an uninterrupted one)
+        with seeded(ctx):
+            results[name] = EXPERIMENTS[name](ctx)
+    return results
 
 
 __all__ = ["EXPERIMENTS", "PAPER_IDS", "Context", "Options", "run_eval"]

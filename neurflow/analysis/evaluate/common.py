@@ -3,13 +3,17 @@ interventions, top-k overlaps, IG importances, checkpoints (resume) and output f
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from ...config import SEED_LIMIT
 from ...method import attribute, ig_steps, rank_core, top_exemplars
 from ...method.probe import image_responses, layer_width, logits, masked_responses
 from ...neurons import masks_for
@@ -32,6 +36,33 @@ class Context:
     run: Run
     opts: Options
     cache: dict = field(default_factory=dict)
+
+
+def unit_seed(seed: int, offset: int = 0) -> int:
+    """The seed ``offset`` steps after ``seed``, within numpy's range (2**32 - 1 + 1 is 0)."""
+    return (seed + offset) % SEED_LIMIT
+
+
+@contextlib.contextmanager
+def seeded(ctx: Context) -> Iterator[np.random.RandomState]:
+    """A unit of an experiment's work under the eval's seed: inside, torch's and numpy's global
+    generators (captum's SmoothGrad and GradientShap, knockpy draw from them) are seeded with it
+    and a ``RandomState`` of it is yielded for the unit's own draws; the caller's generators are
+    restored afterwards.  Every unit starts from the same state, so the same command gives the
+    same numbers, and a resumed experiment computes the units it has left as an uninterrupted one."""
+    seed = ctx.opts.seed
+    device = torch.device(ctx.run.config.device)
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield np.random.RandomState(seed)
+        finally:
+            np.random.set_state(state)
 
 
 def class_accuracy(ctx: Context, zero: dict | None = None) -> float:
@@ -104,35 +135,53 @@ def pearson(x, y) -> float | None:
 
 class Checkpoint:
     """Per-unit results of an experiment in DIR/eval/<name>.partial.json; a rerun with the same
-    options, run, model weights and class images (``identity``) skips the finished units."""
+    options, run, model weights and class images (``identity``) skips the finished units.  The
+    file carries a hash of its units: a damaged one (truncated, changed) is not resumed from."""
 
     def __init__(self, directory, name: str, options: dict, identity: str = ""):
-        self.path = RunDir(directory).eval_partial(name)
+        self.layout = directory if isinstance(directory, RunDir) else RunDir(directory)
+        self.path = self.layout.eval_partial(name)
         self.options = {**options, "identity": identity}
         self.units: dict = {}
         try:
-            doc = json.loads(self.path.read_text())
-            if doc.get("options") == self.options:
-                self.units = doc.get("units", {})
-                if self.units:
-                    log.info("%s: resuming, %d unit(s) done", name, len(self.units))
-        except (OSError, ValueError):
-            pass
+            doc = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, RecursionError):
+            doc = None
+        units = doc.get("units") if isinstance(doc, dict) else None
+        if (
+            not isinstance(doc, dict)
+            or not isinstance(units, dict)
+            or doc.get("sha256", _digest(units)) != _digest(units)
+        ):
+            log.warning("%s: %s is damaged; starting the experiment afresh", name, self.path)
+        elif doc.get("options") == self.options:
+            self.units = units
+            if self.units:
+                log.info("%s: resuming, %d unit(s) done", name, len(self.units))
 
     def get(self, unit: str):
         return self.units.get(unit)
 
     def put(self, unit: str, value) -> None:
         self.units[unit] = value
-        write_json(self.path, {"options": self.options, "units": self.units})
+        with self.layout.locked():  # keyed by the run's identity: a run replaced meanwhile never resumes from it
+            write_json(self.path, {"options": self.options, "units": self.units, "sha256": _digest(self.units)})
 
     def done(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
+def _digest(units) -> str:
+    return hashlib.sha256(json.dumps(units, sort_keys=True).encode()).hexdigest()
+
+
 def save(directory, name: str, result: dict, plot) -> dict:
-    """DIR/eval/<name>.json and, when matplotlib is present, DIR/eval/<name>.png."""
-    layout = RunDir(directory)
+    """DIR/eval/<name>.json and, when matplotlib is present, DIR/eval/<name>.png (under the run
+    directory's lock, into the run the experiment read)."""
+    layout = directory if isinstance(directory, RunDir) else RunDir(directory)
+    png = None
     try:
         import matplotlib
 
@@ -145,12 +194,15 @@ def save(directory, name: str, result: dict, plot) -> dict:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
         plt.close(fig)
-        atomic_write(layout.eval_file(name, "png"), buf.getvalue())
+        png = buf.getvalue()
         result["plot"] = f"eval/{name}.png"
     except ImportError:
         result["plot"] = None
         result.setdefault("notes", []).append("no plot: matplotlib is not installed (pip install matplotlib)")
-    write_json(layout.eval_file(name), result)
+    with layout.updating():
+        if png is not None:
+            atomic_write(layout.eval_file(name, "png"), png)
+        write_json(layout.eval_file(name), result)
     return result
 
 

@@ -31,7 +31,9 @@ from .common import (
     node_responses,
     pearson,
     save,
+    seeded,
     topk_overlap,
+    unit_seed,
 )
 
 
@@ -65,7 +67,9 @@ def _scores(ctx: Context, upper: str, lower: str, node: int, sets: list, desc: s
     k = _k(ctx)
     before_all = node_responses(ctx, upper, node)
     # the evaluation crops depend on the seed only, so every experiment measures on the same crops
-    crops = eval_crops(ctx, np.argsort(-before_all, kind="stable")[:k], np.random.RandomState(ctx.opts.seed + 1))
+    crops = eval_crops(
+        ctx, np.argsort(-before_all, kind="stable")[:k], np.random.RandomState(unit_seed(ctx.opts.seed, 1))
+    )
     before = before_all[crops]
     after = masked(ctx, upper, lower, node, sets, crops, desc)
     return [topk_overlap(before, a, k) for a in after]
@@ -90,10 +94,10 @@ def edge_correlation(ctx: Context) -> dict:
         unit = f"{upper}:{node}"
         row = ck.get(unit)
         if row is None:
-            rng = np.random.RandomState(o.seed)
-            _, imp = ig_importance(ctx, upper, lower, node, _k(ctx))
-            sets = _subsets(ctx, len(imp), rng)
-            scores = _scores(ctx, upper, lower, node, sets, f"E3 {upper}/{node}")
+            with seeded(ctx) as rng:
+                _, imp = ig_importance(ctx, upper, lower, node, _k(ctx))
+                sets = _subsets(ctx, len(imp), rng)
+                scores = _scores(ctx, upper, lower, node, sets, f"E3 {upper}/{node}")
             total = [float(imp[s].sum()) for s in sets]
             mean = [float(imp[s].mean()) for s in sets]
             row = {
@@ -240,7 +244,7 @@ def _captum_importances(ctx: Context, ca, upper: str, lower: str, node: int, ex)
 def _knockoff_importance(ctx: Context, upper: str, lower: str, node: int, ex) -> tuple[dict, dict, list[str]]:
     """Knockoffs, as ``_captum_importances``: the lower responses of the evaluation crops as features,
     the node's response as target (a note when knockpy is not installed)."""
-    crops = eval_crops(ctx, ex, np.random.RandomState(ctx.opts.seed + 1))
+    crops = eval_crops(ctx, ex, np.random.RandomState(unit_seed(ctx.opts.seed, 1)))
     try:
         t0 = time.perf_counter()
         x = layer_responses(ctx, lower, ctx.run.pool.get(crops))
@@ -261,12 +265,18 @@ def _plot_methods(plt, r):
 
 
 def methods(ctx: Context) -> dict:
-    """E4: E3's correlation with importances from other attribution methods, and their run time."""
+    """E4: E3's correlation with importances from other attribution methods, and their run time
+    (under the seed: SmoothGrad and GradientShap draw noise and baselines from the global generators)."""
     ca = _captum()
+    with seeded(ctx):
+        return _methods(ctx, ca)
+
+
+def _methods(ctx: Context, ca) -> dict:
     o = ctx.opts
     _i, upper, lower, node = _pairs(ctx, deep=False)[0]
     k = _k(ctx)
-    rng = np.random.RandomState(o.seed)
+    rng = np.random.RandomState(o.seed)  # E3's subsets (the same draws as its first unit)
     ex, ig = ig_importance(ctx, upper, lower, node, k)
     t0 = time.perf_counter()
     ig_importance(ctx, upper, lower, node, k)
@@ -307,11 +317,13 @@ def optimality(ctx: Context) -> dict:
         unit = f"{layer.name}:{node}"
         row = ck.get(unit)
         if row is None:
-            rng = np.random.RandomState(o.seed)
             core = list(layer.nodes[node].core)
             width = channels(ctx, layer.lower)
-            sets = [core] + [sorted(rng.choice(width, len(core), replace=False).tolist()) for _ in range(o.random_sets)]
-            s = _scores(ctx, layer.name, layer.lower, node, sets, f"E6 {layer.name}/{node}")
+            with seeded(ctx) as rng:
+                sets = [core] + [
+                    sorted(rng.choice(width, len(core), replace=False).tolist()) for _ in range(o.random_sets)
+                ]
+                s = _scores(ctx, layer.name, layer.lower, node, sets, f"E6 {layer.name}/{node}")
             rand = np.asarray(s[1:])
             row = {
                 "layer": layer.name,

@@ -18,7 +18,16 @@ from ..._state import preserved
 from ...attribution import integrated_gradients
 from ...config import DEFAULT_IG_STEPS
 from ...progress import progress
-from .common import Checkpoint, Context, channels, class_accuracy, knockoff_statistics, layer_responses, save
+from .common import (
+    Checkpoint,
+    Context,
+    channels,
+    class_accuracy,
+    knockoff_statistics,
+    layer_responses,
+    save,
+    seeded,
+)
 
 
 def _complement(chans, width: int) -> list[int]:
@@ -33,7 +42,6 @@ def _layers(ctx: Context) -> list[str]:
 def fidelity(ctx: Context) -> dict:
     o = ctx.opts
     ck = Checkpoint(ctx.run.dir, "fidelity", o.key("draws", "seed"), ctx.run.identity)
-    rng = np.random.RandomState(o.seed)
     widths = {n: channels(ctx, n) for n in _layers(ctx)}
     sets = {n: ctx.run.node_set(n) for n in _layers(ctx)}
     rows: list[dict] = []
@@ -45,10 +53,11 @@ def fidelity(ctx: Context) -> dict:
             row = ck.get(unit)
             if row is None:
                 scope = [name] if mode == "single" else _layers(ctx)[: i + 1]
-                draws = [
-                    {n: sorted(rng.choice(widths[n], len(sets[n]), replace=False).tolist()) for n in scope}
-                    for _ in range(o.draws)
-                ]
+                with seeded(ctx) as rng:  # each unit's draws from the seed: a resumed run draws the same
+                    draws = [
+                        {n: sorted(rng.choice(widths[n], len(sets[n]), replace=False).tolist()) for n in scope}
+                        for _ in range(o.draws)
+                    ]
                 row = {
                     "layer": name,
                     "n_neurons": len(sets[name]),
@@ -129,7 +138,6 @@ def mct_ranking(ctx: Context, name: str, n_images: int, rng) -> np.ndarray:
 def mct(ctx: Context) -> dict:
     o = ctx.opts
     ck = Checkpoint(ctx.run.dir, "mct", o.key("max_images", "seed"), ctx.run.identity)
-    rng = np.random.RandomState(o.seed)
     rows = []
     bar = progress(total=len(_layers(ctx)), desc="mct", quiet=ctx.run.quiet, unit="layer")
     for name in _layers(ctx):
@@ -138,7 +146,8 @@ def mct(ctx: Context) -> dict:
         if row is None:
             core = ctx.run.node_set(name)
             width = channels(ctx, name)
-            ranking = mct_ranking(ctx, name, o.max_images, rng)
+            with seeded(ctx) as rng:  # each layer's image sample from the seed (as E10 draws it)
+                ranking = mct_ranking(ctx, name, o.max_images, rng)
             chosen = sorted(int(c) for c in ranking[: len(core)])
             row = {
                 "layer": name,
@@ -171,7 +180,6 @@ def mct(ctx: Context) -> dict:
 
 def overlap(ctx: Context) -> dict:
     o = ctx.opts
-    rng = np.random.RandomState(o.seed)
     rows: list[dict] = []
     notes: list[str] = []
     idx = np.arange(ctx.run.class_images.shape[0])
@@ -183,7 +191,8 @@ def overlap(ctx: Context) -> dict:
     for name in _layers(ctx):
         bar.update(1)
         core = set(ctx.run.node_set(name))
-        ranking = mct_ranking(ctx, name, o.max_images, rng)
+        with seeded(ctx) as rng:  # the image sample E2 draws for this layer
+            ranking = mct_ranking(ctx, name, o.max_images, rng)
         chosen = set(int(c) for c in ranking[: len(core)])
         inter = len(core & chosen)
         row = {

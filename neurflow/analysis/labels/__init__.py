@@ -7,8 +7,9 @@
 ``label_run`` labels the chosen groups (by default the traced ones of every layer below the
 class layer), runs the caption check where the labeler can judge crops, captions the relations
 of traced groups with the lower groups that feed them where the labeler can, and only then
-writes the labels into ``circuit.json`` (atomically, in one step): an error on the way leaves the
-artifact as it was.  Register another back-end with ``register(name, "module:Class", help, options)``.
+writes the labels into ``circuit.json`` (atomically, in one step, under the directory's
+lock, merged into the circuit as it is then): an error on the way leaves the artifact as it
+was.  Register another back-end with ``register(name, "module:Class", help, options)``.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def label_run(
     """
     from ..run import Run  # lazy: the labeler registry loads no torch (`neurflow label --help`)
 
+    LabelOptions(seed=seed)  # refuses a seed outside the one range, as the CLI's --seed
     which = which or labeler.default_groups
     if which not in ("traced", "all"):
         raise NeurFlowError("groups", "traced or all", which)
@@ -180,11 +182,14 @@ def label_run(
         raise NeurFlowError(
             "directory", "a circuit with groups below the class layer", str(run.dir), "rerun with at least three layers"
         )
+    run.dir.check_writable()  # a read-only or busy directory is refused before any labelling
     labels = _label_groups(run, labeler, jobs, check, seed, quiet)
     rels = _relations(run, labeler, jobs, labels) if relations and labeler.can_relate else {}
-    # everything computed: write once
-    run.circuit = with_labels(c, labels, rels)
-    run.dir.write_circuit(run.circuit)
+    # everything computed: write once, under the directory's lock, into the circuit as it is now
+    # (another label's groups kept), refused when another run replaced the one labelled
+    with run.dir.updating():
+        run.circuit = with_labels(run.dir.read_circuit(), labels, rels)
+        run.dir.write_circuit(run.circuit)
     return {
         "labels": len(labels),
         "relations": len(rels),

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,8 +38,14 @@ if TYPE_CHECKING:
 MIN_BOX_SHARE = 0.5
 
 
+JSON_SHAPE = '{"<image id>": ["tag", {"tag": "t", "box": [top, left, height, width]}, ...]} or a list of records'
+_INDEX = re.compile(r"[0-9]+")  # an image id that is an index into the run's data (ASCII digits only)
+
+
 def read_annotations(path) -> list[tuple[str, str, tuple | None]]:
-    """(image id, tag, box or None) records from a CSV or JSON file."""
+    """(image id, tag, box or None) records from a CSV or JSON file; any other shape (a number, a
+    list of numbers, a tag that is not a string, a box that is not four finite numbers with a
+    positive height and width, a row without an image) is one line naming where it is."""
     p = Path(path)
     if not p.is_file():
         raise NeurFlowError("annotations", "a CSV or JSON annotation file (or 'zoo')", str(path), "no such file")
@@ -45,39 +53,77 @@ def read_annotations(path) -> list[tuple[str, str, tuple | None]]:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise NeurFlowError("annotations", "a readable UTF-8 file", str(path), str(exc)[:120]) from None
-    records: list[tuple[str, str, tuple | None]] = []
     if p.suffix.lower() == ".json":
         try:
             doc = json.loads(text)
-        except ValueError as exc:
-            raise NeurFlowError("annotations", "valid JSON", str(path), str(exc)[:120]) from None
-        items = doc.items() if isinstance(doc, dict) else [(r.get("image"), [r]) for r in doc if isinstance(r, dict)]
-        for image, tags in items:
-            for t in tags if isinstance(tags, list) else [tags]:
-                if isinstance(t, str):
-                    records.append((str(image), t, None))
-                elif isinstance(t, dict) and "tag" in t:
-                    records.append((str(image), str(t["tag"]), _box(t.get("box"), path)))
-                else:
-                    raise NeurFlowError("annotations", 'tags as strings or {"tag": ..., "box": [...]}', t)
+        except (ValueError, RecursionError) as exc:
+            raise NeurFlowError("annotations", "valid JSON", str(path), str(exc)[:120] or "nested too deep") from None
+        records = _json_records(doc, path)
     else:
-        rows = list(csv.DictReader(text.splitlines()))
-        if not rows or "image" not in rows[0] or not ({"tag", "tags"} & set(rows[0])):
-            raise NeurFlowError(
-                "annotations",
-                "a CSV header with 'image' and 'tag' (or 'tags')",
-                str(path),
-                "optional columns: top,left,height,width",
-            )
-        for r in rows:
-            box = None
-            if all(r.get(k) not in (None, "") for k in ("top", "left", "height", "width")):
-                box = _box([r["top"], r["left"], r["height"], r["width"]], path)
-            for tag in (r.get("tag") or r.get("tags") or "").split(";"):
-                if tag.strip():
-                    records.append((str(r["image"]).strip(), tag.strip(), box))
+        records = _csv_records(text, path)
     if not records:
         raise NeurFlowError("annotations", "at least one (image, tag) annotation", str(path))
+    return records
+
+
+def _short(value) -> str:
+    """A JSON value as an error line shows it (cut: it may be a whole file)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_records(doc, path) -> list[tuple[str, str, tuple | None]]:
+    if isinstance(doc, dict):
+        items = list(doc.items())
+    elif isinstance(doc, list):
+        items = []
+        for i, r in enumerate(doc, 1):
+            if not isinstance(r, dict) or "tag" not in r or "image" not in r:
+                raise NeurFlowError(
+                    "annotations", 'records {"image": id, "tag": "t"} in a JSON list', _short(r), f"{path}: item {i}"
+                )
+            items.append((r["image"], [r]))
+    else:
+        raise NeurFlowError("annotations", JSON_SHAPE, f"a JSON {_KIND.get(type(doc), 'value')}", str(path))
+    records = []
+    for image, tags in items:
+        if isinstance(image, bool) or not isinstance(image, (str, int)) or not str(image).strip():
+            raise NeurFlowError("annotations", "image ids as file names or indices", _short(image), str(path))
+        for t in tags if isinstance(tags, list) else [tags]:
+            tag, box = (t.get("tag"), _box(t.get("box"), path)) if isinstance(t, dict) else (t, None)
+            if not isinstance(tag, str) or not tag.strip():
+                raise NeurFlowError(
+                    "annotations", 'tags as strings or {"tag": "t", "box": [...]}', _short(t), f"{path}: image {image}"
+                )
+            records.append((str(image).strip(), tag.strip(), box))
+    return records
+
+
+_KIND = {bool: "boolean", int: "number", float: "number", str: "string", type(None): "null"}
+
+
+def _csv_records(text: str, path) -> list[tuple[str, str, tuple | None]]:
+    try:
+        rows = list(csv.DictReader(text.splitlines()))
+    except csv.Error as exc:
+        raise NeurFlowError("annotations", "a readable CSV file", str(path), str(exc)[:120]) from None
+    if not rows or "image" not in rows[0] or not ({"tag", "tags"} & set(rows[0])):
+        raise NeurFlowError(
+            "annotations",
+            "a CSV header with 'image' and 'tag' (or 'tags')",
+            str(path),
+            "optional columns: top,left,height,width",
+        )
+    records = []
+    for line, r in enumerate(rows, 2):
+        image = (r.get("image") or "").strip()
+        tags = [t.strip() for t in (r.get("tag") or r.get("tags") or "").split(";") if t.strip()]
+        if tags and not image:
+            raise NeurFlowError("annotations", "an image id in every row with a tag", f"line {line}", str(path))
+        box = None
+        if all(r.get(k) not in (None, "") for k in ("top", "left", "height", "width")):
+            box = _box([r["top"], r["left"], r["height"], r["width"]], path)
+        records += [(image, tag, box) for tag in tags]
     return records
 
 
@@ -87,7 +133,11 @@ def _box(box, path) -> tuple | None:
     try:
         t, l, h, w = (float(v) for v in box)
     except (TypeError, ValueError):
-        raise NeurFlowError("annotations", "boxes as [top, left, height, width]", box, str(path)) from None
+        t = l = h = w = math.nan
+    if not all(math.isfinite(v) for v in (t, l, h, w)) or h <= 0 or w <= 0:
+        raise NeurFlowError(
+            "annotations", "boxes as [top, left, height, width], finite, height and width > 0", _short(box), str(path)
+        )
     return (t, l, h, w)
 
 
@@ -97,7 +147,7 @@ def tag_matrix(records, crop_image: np.ndarray, crop_box: np.ndarray, files=None
     per_image: dict = {}
     unknown = 0
     for image, tag, box in records:
-        if image.lstrip("-").isdigit():
+        if _INDEX.fullmatch(image):
             idx = int(image)
         elif image in by_file:
             idx = by_file[image]
@@ -105,12 +155,12 @@ def tag_matrix(records, crop_image: np.ndarray, crop_box: np.ndarray, files=None
             unknown += 1
             continue
         per_image.setdefault(idx, []).append((tag, box))
-    if unknown and unknown == len(records):
+    if not set(per_image) & set(crop_image.tolist()):  # no id matched, or none is an image the crops come from
         raise NeurFlowError(
             "annotations",
             "image ids that are indices into the run's data or its file names",
             records[0][0],
-            "none of the ids matched",
+            "none of the ids matched" + (" an image of the run's crops" if len(records) > unknown else ""),
         )
     tags = sorted({t for _, t, _ in records})
     col = {t: i for i, t in enumerate(tags)}

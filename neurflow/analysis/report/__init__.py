@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import math
 import re
 from importlib import resources
@@ -21,6 +22,8 @@ from ...circuit import Circuit, gap_warnings
 from ...store import RunDir, atomic_write
 from ..candidates import fp_crop_name
 from ..summary import eval_tables
+
+log = logging.getLogger(__name__)
 
 _META_KEYS = (
     "model",
@@ -167,27 +170,50 @@ def _crop_entries(d: RunDir, c: Circuit, crops: list) -> dict:
     return out
 
 
+def _result(d: RunDir, path: Path) -> dict | None:
+    """A saved result (debug, audit, eval) as a JSON object; None, with a warning, where the file
+    cannot be read (the report shows the rest)."""
+    try:
+        res = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError):
+        res = None
+    if not isinstance(res, dict):
+        log.warning("left %s out of the report: it is damaged (not a JSON object); rerun its command", path)
+        return None
+    return res
+
+
+def _damaged(path: Path, exc: Exception) -> None:
+    log.warning("left %s out of the report: it is damaged (%s: %s); rerun its command", path, type(exc).__name__, exc)
+
+
 def _eval_entries(d: RunDir) -> list:
     """The results of ``neurflow eval`` in DIR/eval/: main tables, notes and the plot."""
     out = []
     for path in d.eval_results():
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, ValueError):
+        res = _result(d, path)
+        if res is None:
             continue
-        entry = {
-            "name": path.stem,
-            "experiment": str(res.get("experiment", path.stem)),
-            "notes": res.get("notes", []),
-            "tables": [
-                {
-                    "name": k,
-                    "columns": cols,
-                    "rows": [[_num(v) if isinstance(v, float) else v for v in row] for row in rows],
-                }
-                for k, cols, rows in eval_tables(res)
-            ],
-        }
+        try:
+            notes = res.get("notes", [])
+            entry = {
+                "name": path.stem,
+                "experiment": str(res.get("experiment", path.stem)),
+                "notes": [str(n) for n in notes] if isinstance(notes, list) else [str(notes)],
+                "tables": [
+                    {
+                        "name": k,
+                        "columns": list(cols),
+                        "rows": [[_num(v) if isinstance(v, float) else v for v in row] for row in rows],
+                    }
+                    for k, cols, rows in eval_tables(res)
+                ],
+            }
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            _damaged(path, exc)
+            continue
         png = path.with_suffix(".png")
         if png.is_file():
             entry["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
@@ -202,9 +228,11 @@ def _debug_entries(d: RunDir) -> list:
     """The results of ``neurflow debug`` saved in DIR/debug/, each with its image."""
     out = []
     for path in sorted(d.debug.glob("*.json")) if d.debug.is_dir() else []:
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, ValueError):
+        res = _result(d, path)
+        if res is None:
+            continue
+        if not _debug_readable(res):
+            _damaged(path, ValueError("not a neurflow debug result"))
             continue
         png = path.with_suffix(".png")
         if png.is_file():
@@ -216,15 +244,16 @@ def _debug_entries(d: RunDir) -> list:
 
 def _audit_entry(d: RunDir, c: Circuit) -> dict | None:
     """DIR/audit.json trimmed to its best rows (the full table stays in the file)."""
-    try:
-        res = json.loads(d.audit.read_text())
-    except (OSError, ValueError):
-        return None
-    if res.get("target") != c.target:
+    res = _result(d, d.audit)
+    if res is None or res.get("target") != c.target:
         return None
     res = {k: v for k, v in res.items() if k not in ("false_positive_indices", "true_positive_indices")}
-    res["n_groups"] = len(res.get("groups", []))
-    res["groups"] = res.get("groups", [])[:AUDIT_ROWS]
+    groups = res.get("groups", [])
+    if not isinstance(groups, list) or not all(_audit_row(row) for row in groups):
+        _damaged(d.audit, ValueError("groups: expected rows with crop indices as exemplars"))
+        return None
+    res["n_groups"] = len(groups)
+    res["groups"] = groups[:AUDIT_ROWS]
     for row in res["groups"]:
         for e in row.get("fp_exemplars", []):
             try:
@@ -234,6 +263,36 @@ def _audit_entry(d: RunDir, c: Circuit) -> dict | None:
             if png.is_file():
                 e["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
     return res
+
+
+def _audit_row(row) -> bool:
+    """An audit row the report can show: exemplars are crop indices, fp_exemplars a list."""
+    if not isinstance(row, dict) or not isinstance(row.get("fp_exemplars", []), list):
+        return False
+    ex = row.get("exemplars", [])
+    return isinstance(ex, list) and all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in ex)
+
+
+def _debug_readable(res: dict) -> bool:
+    """A debug result with the fields the viewer draws, of the types it needs."""
+    groups, trace, v = res.get("groups"), res.get("trace"), res.get("verification")
+    crops_ok = isinstance(groups, list) and all(
+        isinstance(g, dict)
+        and isinstance(g.get("crops", []), list)
+        and all(
+            isinstance(c, dict) and isinstance(c.get("box"), list) and len(c["box"]) == 4 for c in g.get("crops", [])
+        )
+        for g in groups
+    )
+    return (
+        crops_ok
+        and isinstance(res.get("layer"), str)
+        and isinstance(res.get("image", {}), dict)
+        and isinstance(trace, list)
+        and all(isinstance(t, dict) and isinstance(t.get("groups"), list) for t in trace)
+        and isinstance(v, dict)
+        and isinstance(v.get("neurons"), list)
+    )
 
 
 def _json_for_script(obj) -> str:
@@ -274,6 +333,7 @@ def write_report(directory, circuit: Circuit | None = None) -> Path:
     Path
         The path of the report written.
     """
-    path = RunDir(directory).report
-    atomic_write(path, render_report(directory, circuit).encode("utf-8"))
-    return path
+    d = RunDir(directory)
+    with d.updating():  # the run as it is now (a label written meanwhile included), one writer at a time
+        atomic_write(d.report, render_report(directory, circuit).encode("utf-8"))
+    return d.report
