@@ -66,6 +66,16 @@ def viewed():
     return Viewed()
 
 
+class Sized(Net):
+    def forward(self, x):  # as torchvision's ViT checks its input size (an f-string run at trace time)
+        torch._assert(x.shape[2] == 224, f"Wrong image height! Expected 224 but got {x.shape[2]}!")
+        return super().forward(x)
+
+
+def sized():
+    return Sized()
+
+
 class Checked(nn.Module):
     def __init__(self):
         super().__init__()
@@ -236,6 +246,10 @@ def test_a_forward_that_fails_on_the_data_is_one_line_naming_the_input_and_the_u
     line = one_line(args(ws, "checked"), capsys)
     assert "RuntimeError: Given groups=1, weight of size [12, 8, 3, 3], expected input[" in line
     assert f"raised at {ws}/mymodel.py:" in line and "in Checked.forward: return self.conv(half).relu()" in line
+    # a message torch.fx formatted at trace time (torchvision:vit_b_16 on 96-px images, issue 24):
+    # no Proxy(...) in the line, the input's shape instead
+    line = one_line(args(ws, "sized"), capsys)
+    assert "Wrong image height! Expected 224 but got ?!" in line and "Proxy" not in line and ", 3, 16, 16]" in line
 
 
 # -- 21. the meta device ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import traceback
 from typing import Callable, Iterator, Sequence
 
@@ -147,11 +148,17 @@ def user_frame(tb) -> str:
     return found
 
 
+# a message formatted while torch.fx traced the forward (torchvision's ViT size check) names a Proxy,
+# not the value it had: shown as "?" (the line names the input's shape)
+_PROXY = re.compile(r"Proxy\([^()]*\)")
+
+
 def forward_error(model, batch: torch.Tensor, exc: BaseException) -> NeurFlowError:
     """The model's forward failed on ``batch``: one line naming the model, the input's shape and
     dtype, the error and where in the user's code it was raised."""
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    where = user_frame(exc.__traceback__)
+    text = _PROXY.sub("?", text)
+    where = _PROXY.sub("?", user_frame(exc.__traceback__))
     name = "" if isinstance(model, fx.GraphModule) else f"{type(model).__name__} "
     given = f"input {list(batch.shape)} {str(batch.dtype).removeprefix('torch.')}"
     return NeurFlowError(
