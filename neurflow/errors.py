@@ -33,6 +33,11 @@ class NeurFlowError(Exception):
         return msg
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images``: a count with its noun in the right number (messages, summaries)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     choices = list(choices)
     found = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)

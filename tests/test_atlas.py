@@ -324,6 +324,39 @@ def ray_local():
     ray.shutdown()
 
 
+EMBEDDED_RAY = """
+import json, os, socket, sys
+import ray
+from neurflow.atlas.driver import _connect
+os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+assert _connect(ray, None, 1, 1, 0.0)
+try:
+    url = ray.get_runtime_context().worker.node.webui_url
+    try:
+        socket.create_connection(("127.0.0.1", 8265), timeout=2).close()
+        served = True
+    except OSError:
+        served = False
+    print(json.dumps({"url": url, "served": served, "usage_stats": os.environ.get("RAY_USAGE_STATS_ENABLED")}))
+finally:
+    ray.shutdown()
+"""
+
+
+def test_the_embedded_ray_serves_no_dashboard_and_reports_no_usage(tmp_path):
+    """Issue 24 item 6: ``include_dashboard=False`` holds (no URL, nothing on port 8265; Ray 2.60's
+    API-server process itself cannot be switched off, docs/atlas.md says so) and Ray's usage-stats
+    reporting, the one part that would talk to the network, is off for the embedded instance (with
+    Ray's client extra alone the dashboard's UI could not start anyway: the usage line is what fails
+    here if neurflow stops switching it off)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", EMBEDDED_RAY], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not res["url"] and res["served"] is False and res["usage_stats"] == "0", res
+
+
 def test_two_ray_workers_equal_serial(serial, ray_local, capsys):
     assert main(_args(serial, "ray2", "--workers", "2", "--threads-per-worker", "1")) == 0
     capsys.readouterr()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -129,8 +130,11 @@ def test_zoo_annotations_on_zoo_data(tmp_path, capsys):
     if g["text"] != "mark":
         hits = sum(int(c.arrays["crop_image"][e]) in tagged_images for e in ex)
         assert g["evidence"]["precision"] == pytest.approx(hits / len(ex))
-    assert main(["label", str(tmp_path / "run"), "--labeler", "annotations", "--annotations", "zoo", "--quiet"]) == 0
-    assert "annotations" in capsys.readouterr().out
+    assert main(["label", str(tmp_path / "run"), "--labeler", "annotations", "--annotations", "zoo"]) == 0
+    printed = capsys.readouterr()
+    assert "annotations" in printed.out
+    # issue 24: the labels are printed once, in the summary; no `neurflow: block2/G5: dark` log line on stderr
+    assert not re.search(r"^neurflow: \S+/G\d+: ", printed.err, re.M), printed.err
 
 
 def test_zoo_annotations_refuse_other_data(tmp_path):

@@ -70,10 +70,12 @@ def synthetic_circuit(
     meta: dict | None = None,
     label: str | None = None,
     seed: int = 0,
+    settings: dict | None = None,
 ) -> Circuit:
     """A fake circuit of ResNet50 size (defaults: 10 analysed layers, 7,201 nodes, 80 groups per
     layer, 16 core neurons per node, 3 sub-concepts each), saved as a finished run in ``out``.
-    ``n_thumbs`` distinct crops (tiny PNGs) are shared by all display exemplars."""
+    ``n_thumbs`` distinct crops (tiny PNGs) are shared by all display exemplars; ``settings`` are added
+    to the circuit's settings (``edge_norm``...)."""
     rng = np.random.default_rng(seed)
     target = 7
     names = ["fc"] + [f"layer{4 - i // 3}.{2 - i % 3}" for i in range(n_layers - 1)] + ["input"]
@@ -152,7 +154,7 @@ def synthetic_circuit(
         tuple(layers),
         names[n_layers],
         tuple(trace),
-        {"tau": tau, "top_n": top_n, "layers": names},
+        {"tau": tau, "top_n": top_n, "layers": names, **(settings or {})},
         {**base_meta, **(meta or {})},
         arrays,
     )

@@ -6,6 +6,7 @@ an empty and a hand-made Hugging Face cache.
 """
 
 import ast
+import importlib.util
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -305,3 +306,38 @@ def test_cli_layers_of_a_timm_model(capsys):
     assert main(["layers", "timm:resnet1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "timm:resnet18" in err and "Traceback" not in err
+
+
+# -- torchvision ---------------------------------------------------------------------------------
+def test_torchvision_classifiers_declare_imagenet_class_names(tmp_path, capsys):
+    """Issue 24 item 6: a 1000-class torchvision: model names its classes as timm: models do (one
+    list), so ``--target tench`` is class 0 and ``show`` and the report name it; other heads get none."""
+    import json
+
+    import torchvision
+
+    from neurflow.cli import main
+    from neurflow.sources.timm_models import _class_names
+    from neurflow.sources.torchvision import imagenet_names_for
+
+    names = load_model("torchvision:resnet18").class_names
+    assert names is not None and len(names) == 1000 and len(set(names)) == 1000
+    assert names[0] == "tench" and names[1] == "goldfish" and names[999] == "toilet tissue"
+    assert load_model("torchvision:squeezenet1_0").class_names == names  # a convolution head
+    assert imagenet_names_for(torchvision.models.resnet18(num_classes=10)) is None
+    if importlib.util.find_spec("timm") is not None:
+        import timm
+
+        assert _class_names(timm.create_model("resnet18", pretrained=False)) == names  # the same list
+    torch.manual_seed(0)
+    torch.save({"images": torch.rand(4, 3, 32, 32), "labels": torch.zeros(4, dtype=torch.long)}, tmp_path / "d.pt")
+    out = tmp_path / "out"
+    args = ["run", "--model", "torchvision:resnet18", "--data", str(tmp_path / "d.pt"), "--target", "tench"]
+    args += ["--selection", "labelled", "--layers", "fc,layer4", "--tau", "2", "--top-k", "2", "--ig-steps", "4"]
+    assert main([*args, "--granularities", "1", "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "circuit.json").read_text())
+    assert doc["target"] == 0 and doc["meta"]["target_name"] == "tench"
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    assert "class 0 (tench)" in capsys.readouterr().out
+    assert "tench" in (out / "report.html").read_text()

@@ -37,7 +37,5 @@ def test_labelled_selection_predicts_one_image_not_the_whole_data():
 
 def test_no_image_labelled_as_the_target_names_the_most_labelled_classes():
     labels = torch.tensor([0, 0, 3, -1, -1, -1])
-    with pytest.raises(
-        NeurFlowError, match=r"no image is labelled as 2; most labelled: 0 \(2 images\), 3 \(1 images\)"
-    ):
+    with pytest.raises(NeurFlowError, match=r"no image is labelled as 2; most labelled: 0 \(2 images\), 3 \(1 image\)"):
         select_class_images(torch.zeros(6, 3, 4, 4), None, labels, 2, "labelled")

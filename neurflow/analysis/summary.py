@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..circuit import Circuit, gap_warnings
+from ..errors import counted
 from ..store import RunDir
 
 
@@ -100,7 +101,7 @@ def debug_summary(d: dict) -> str:
     img = d.get("image") or {}
     lines = [
         f"debug of {img.get('source', '?')} for class {split_names(d)} at layer {d['layer']} "
-        f"({d['n_crops']} crops, threshold {d['threshold']}, ranked by the {d['score_variant']} score"
+        f"({counted(d['n_crops'], 'crop')}, threshold {d['threshold']}, ranked by the {d['score_variant']} score"
         f"{_reps(d)})",
         f"prediction: {_cls(d['prediction'])}",
         "",
@@ -124,7 +125,7 @@ def debug_summary(d: dict) -> str:
         )
     lines += [
         "",
-        f"verification: zeroing G{v['group']} at {v['layer']} ({len(v['neurons'])} neurons) changes "
+        f"verification: zeroing G{v['group']} at {v['layer']} ({counted(len(v['neurons']), 'neuron')}) changes "
         f"the class logit {v['target_logit_before']:.3f} -> {v['target_logit_after']:.3f} "
         f"({v['target_logit_change']:+.3f})",
         "  top-5 before: " + "; ".join(_cls(e) for e in v["top5_before"]),

@@ -146,6 +146,11 @@ def _connect(ray, address, workers, threads: int, gpus: float) -> bool:
             # Ray starts its workers at niceness 15: on a shared machine they would yield to every
             # other process, so that the atlas ran slower than a serial run; ours run as the driver
             os.environ.setdefault("RAY_worker_niceness", "0")
+            # include_dashboard=False serves no dashboard (no web page, no URL), but Ray 2.60 still
+            # starts its API-server process (ray/dashboard/dashboard.py with only the non-UI modules)
+            # and a per-node agent: they are part of Ray's core.  The one module left that would
+            # talk to the network is usage-stats reporting: off, for an offline tool
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(num_cpus=n * threads, num_gpus=None if gpus else 0, **kw)
         else:
             ray.init(address=address.strip(), **kw)

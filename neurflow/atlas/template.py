@@ -59,11 +59,12 @@ const hover = (el, text) => {
     tip.style.left = (ev.clientX + 12) + "px"; tip.style.top = (ev.clientY + 12) + "px"; });
   el.addEventListener("mouseleave", () => { tip.style.display = "none"; });
 };
+const plural = (n, noun, many) => `${n} ${n === 1 ? noun : many || noun + "s"}`;  // "1 class", "2 classes"
 const cname = c => (c.name === null || c.name === undefined) ? String(c.target) : c.name;
 const colour = (v, hue = 210) => `hsl(${hue}, 70%, ${Math.round(97 - 62 * Math.max(0, Math.min(1, v)))}%)`;
 document.getElementById("title").textContent = `Class atlas: ${A.model} on ${A.data}`;
 document.getElementById("facts").textContent =
-  `${A.classes.length} classes; layers ${A.layers.join(", ")}` + (A.failed.length ? `; ${A.failed.length} failed` : "");
+  `${plural(A.classes.length, "class", "classes")}; layers ${A.layers.join(", ")}` + (A.failed.length ? `; ${A.failed.length} failed` : "");
 // classes
 const lower = A.layers.slice(1, -1);
 const head = document.querySelector("#classes thead"), body = document.querySelector("#classes tbody");
@@ -103,7 +104,7 @@ order.forEach(i => {
 // per layer: incidence and shared neurons
 const box = document.getElementById("layers");
 Object.entries(A.incidence).forEach(([layer, inc]) => {
-  box.append($("h3", {}, `${layer}: ${inc.neurons.length} neurons core for at least one class`));
+  box.append($("h3", {}, `${layer}: ${plural(inc.neurons.length, "neuron")} core for at least one class`));
   box.append($("p", {class: "muted"}, "Class x neuron incidence: darker is a larger core weight (hover a cell)."));
   const wrap = $("div", {class: "wrap"});
   const r = $("div", {class: "rows"});
@@ -120,10 +121,12 @@ Object.entries(A.incidence).forEach(([layer, inc]) => {
     });
   });
   wrap.append(r, g); box.append(wrap);
-  const shared = $("div", {class: "shared"});
-  (A.shared[layer] || []).forEach(s => {
+  const shared = $("div", {class: "shared", "data-shared": layer});
+  // only neurons core for two classes or more are shared: the heading never claims sharing that is not there
+  const many = (A.shared[layer] || []).filter(s => s.classes.length >= 2);
+  many.forEach(s => {
     const card = $("div", {class: "card", "data-neuron": `${layer}/${s.neuron}`});
-    card.append($("b", {}, `neuron ${s.neuron}`), $("span", {class: "muted"}, ` core for ${s.classes.length} of ${n} classes`));
+    card.append($("b", {}, `neuron ${s.neuron}`), $("span", {class: "muted"}, ` core for ${s.classes.length} of ${plural(n, "class", "classes")}`));
     s.classes.forEach(i => {
       const line = $("div");
       line.append($("span", {}, cname(A.classes[i]) + " "));
@@ -132,7 +135,11 @@ Object.entries(A.incidence).forEach(([layer, inc]) => {
     });
     shared.append(card);
   });
-  box.append($("p", {class: "muted"}, "Neurons shared by the most classes (their display exemplars in each class; none at the input layer):"), shared);
+  if (many.length)
+    box.append($("p", {class: "muted", "data-shared-heading": layer}, "Neurons shared by the most classes (their display exemplars in each class; none at the input layer):"), shared);
+  else
+    box.append($("p", {class: "muted", "data-shared-heading": layer, "data-none-shared": "1"},
+      n < 2 ? "Only one class: no neuron can be shared between classes." : "No neuron is a core neuron of more than one class at this layer."));
 });
 window.__atlasReady = true;
 </script>

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import NeurFlowError, unknown_name
+from ..errors import NeurFlowError, counted, unknown_name
 
 
 def select_class_images(images, logits, labels, target: int, selection: str):
@@ -30,7 +30,7 @@ def select_class_images(images, logits, labels, target: int, selection: str):
     if keep.numel() == 0:
         classes = classes[classes >= 0].long()  # labels < 0: unlabelled
         top = torch.bincount(classes, minlength=1).topk(min(3, int(classes.max()) + 1 if classes.numel() else 1))
-        common = ", ".join(f"{int(c)} ({int(n)} images)" for n, c in zip(top.values, top.indices) if n > 0)
+        common = ", ".join(f"{int(c)} ({counted(int(n), 'image')})" for n, c in zip(top.values, top.indices) if n > 0)
         raise NeurFlowError(
             "target",
             f"a class with at least one image {what} it",

@@ -8,7 +8,8 @@
   model whose weights are not cached fails with one line.  ``NAME`` may carry timm's pretrained
   tag (``timm:resnet18.a1_in1k@pretrained``).
 
-A 1000-class model gets the ImageNet class names that timm ships.  The registration is a plugin
+A 1000-class ImageNet-1k model gets ImageNet's class names (``torchvision.imagenet_class_names``,
+the same list as ``torchvision:`` models).  The registration is a plugin
 (``register``, entry point ``neurflow.schemes``); timm itself is imported only when a ``timm:``
 spec is loaded.
 """
@@ -22,6 +23,7 @@ from types import ModuleType
 
 from ..errors import NeurFlowError, unknown_name
 from .schemes import LoadedModel, register_model_scheme
+from .torchvision import imagenet_class_names
 
 HINT = "pip install 'neurflow[timm]'"
 PRETRAINED = "pretrained"  # timm:NAME@pretrained
@@ -134,11 +136,10 @@ def _class_names(model) -> list | None:
     if getattr(model, "num_classes", None) != 1000:
         return None
     try:
-        from timm.data import ImageNetInfo, infer_imagenet_subset
+        from timm.data import infer_imagenet_subset
 
-        subset = infer_imagenet_subset(model)
-        if subset != "imagenet-1k":
+        if infer_imagenet_subset(model) != "imagenet-1k":
             return None
-        return [d.split(",")[0].strip() for d in ImageNetInfo(subset).label_descriptions()]
     except Exception:  # noqa: BLE001  (names are a convenience)
         return None
+    return imagenet_class_names()  # the one list (torchvision's; timm's own first words repeat two)

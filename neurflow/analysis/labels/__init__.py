@@ -224,7 +224,7 @@ def _label_groups(run, labeler: Labeler, jobs: list, check: bool, seed: int, qui
                 conf = 2 * p * r / (p + r) if p + r else 0.0
             lab = Label(lab.text, lab.labeler, conf, lab.evidence, result)
         labels[(i, gid)] = lab
-        log.info("%s/G%d: %s", layer.name, gid, lab.text)
+        log.debug("%s/G%d: %s", layer.name, gid, lab.text)  # the summary prints the labels (stdout)
         bar.update(1)
     bar.close()
     return labels

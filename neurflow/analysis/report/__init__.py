@@ -207,6 +207,7 @@ def _eval_entries(d: RunDir) -> list:
                         "name": k,
                         "columns": list(cols),
                         "rows": [[_num(v) if isinstance(v, float) else v for v in row] for row in rows],
+                        "int_columns": _int_columns(rows),
                     }
                     for k, cols, rows in eval_tables(res)
                 ],
@@ -219,6 +220,22 @@ def _eval_entries(d: RunDir) -> list:
             entry["src"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
         out.append(entry)
     return out
+
+
+def _int_columns(rows: list) -> list[int]:
+    """The columns of a table whose values are all integers (counts: the page prints them as
+    ``10,000``, where a float of the same size is printed ``1.00e+4``; JSON alone cannot tell them apart)."""
+    width = max((len(r) for r in rows), default=0)
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return [
+        k
+        for k in range(width)
+        if any(k < len(r) and r[k] is not None for r in rows)
+        and all(k >= len(r) or r[k] is None or is_int(r[k]) for r in rows)
+    ]
 
 
 AUDIT_ROWS = 30
