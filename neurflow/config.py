@@ -163,6 +163,16 @@ class NeurFlowConfig:
         None, "CPU threads for torch (default: the CPUs this process may run on, its affinity)"
     )
     device: str = _setting("cpu", "cpu or cuda")
+    data_workers: int | None = _setting(
+        None,
+        "processes decoding image files in the prediction pass (default: the CPUs less one, at most 8; "
+        "0: in this process)",
+    )
+    cache_dir: str | None = _setting(
+        None,
+        "where the prediction pass over the data is cached and reused (default: $NEURFLOW_CACHE, else "
+        "~/.cache/neurflow)",
+    )
     seed: int = _setting(0, "random seed")
 
     def __post_init__(self):
@@ -236,6 +246,13 @@ class NeurFlowConfig:
         need(
             isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size
         )
+        need(
+            self.data_workers is None or (type(self.data_workers) is int and self.data_workers >= 0),
+            "data_workers",
+            "an integer >= 0 (0: decode in this process)",
+            self.data_workers,
+        )
+        need(self.cache_dir is None or isinstance(self.cache_dir, str), "cache_dir", "a directory path", self.cache_dir)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -255,9 +272,10 @@ class NeurFlowConfig:
         return cls(**kw)
 
     def method_dict(self) -> dict:
-        """Settings that change the result (device, batch size, engine and threads do not)."""
+        """Settings that change the result (device, batch size, engine, threads, the decoding
+        workers and the cache directory do not)."""
         d = self.to_dict()
-        for key in ("device", "batch_size", "engine", "threads"):
+        for key in ("device", "batch_size", "engine", "threads", "data_workers", "cache_dir"):
             d.pop(key)
         if self.ig_steps != "auto":  # only read by --ig-steps auto
             d.pop("ig_tol")

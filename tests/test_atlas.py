@@ -224,7 +224,9 @@ def test_the_default_atlas_is_the_demo_per_class(tmp_path, monkeypatch, capsys):
 
     def first(n: str) -> Dataset:  # its first n images, for time
         k = int(n)
-        return dataclasses.replace(fashion, images=fashion.images[:k], labels=fashion.labels[:k], spec=f"few:{n}")
+        return dataclasses.replace(
+            fashion, images=fashion.images.decoded()[:k], labels=fashion.labels[:k], spec=f"few:{n}"
+        )
 
     register_data_scheme("few", first, "few:N - the first N Fashion-MNIST test images")
     small = dataclasses.replace(

@@ -17,13 +17,16 @@ def test_image_folder_converts_and_skips(tmp_path):
     write(tmp_path / "dog" / "c.png", "RGBA")  # RGBA -> RGB
     write(tmp_path / "dog" / "tiny.png", "RGB", size=(4, 4))  # too small: skipped
     (tmp_path / "dog" / "broken.jpg").write_bytes(b"not an image")  # undecodable: skipped
-    ds = load_data(str(tmp_path))
-    assert ds.images.shape == (3, 3, 224, 224)
-    assert ds.labels.tolist() == [0, 0, 1] and ds.class_names == ["cat", "dog"]
-    assert ds.skipped == 2 and ds.files == ["cat/a.png", "cat/b.png", "dog/c.png"]
+    ds = load_data(str(tmp_path))  # listed, not decoded: index -> file, unreadable ones included
+    assert ds.files == ["cat/a.png", "cat/b.png", "dog/broken.jpg", "dog/c.png", "dog/tiny.png"]
+    assert ds.labels.tolist() == [0, 0, 1, 1, 1] and ds.class_names == ["cat", "dog"]
+    assert ds.images.shape == (5, 3, 224, 224) and ds.n_skipped == 0
+    x, kept = ds.images.take(range(5))  # decoded on demand: the unreadable ones are skipped and counted
+    assert x.shape == (3, 3, 224, 224) and kept.tolist() == [0, 1, 3]
+    assert ds.n_skipped == 2 and ds.images.unreadable == {2, 4}
     # imagenet preset: a flat grey 128 image normalises to (128/255 - mean) / std
     expected = (128 / 255 - IMAGENET_MEAN[0]) / 0.229
-    assert abs(float(ds.images[0, 0, 100, 100]) - expected) < 1e-4
+    assert abs(float(x[0, 0, 100, 100]) - expected) < 1e-4
 
 
 def test_flat_folder_and_plain_transform(tmp_path):
@@ -31,10 +34,10 @@ def test_flat_folder_and_plain_transform(tmp_path):
     write(tmp_path / "y.png", "RGB", size=(32, 32), value=0)
     ds = load_data(str(tmp_path), "none")
     assert ds.labels is None and ds.images.shape == (2, 3, 32, 32)
-    assert float(ds.images[0].min()) == 1.0 and float(ds.images[1].max()) == 0.0
+    assert float(ds.images.decoded()[0].min()) == 1.0 and float(ds.images.decoded()[1].max()) == 0.0
     write(tmp_path / "z.png", "RGB", size=(20, 32))
-    with pytest.raises(NeurFlowError, match="^transform"):
-        load_data(str(tmp_path), "none")
+    with pytest.raises(NeurFlowError, match="^transform"):  # met when decoded
+        load_data(str(tmp_path), "none").images.decoded()
 
 
 def test_pt_files(tmp_path):

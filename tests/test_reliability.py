@@ -134,7 +134,9 @@ def test_grey_and_rgba_images_are_converted_bad_ones_skipped_and_counted(ws):
     proc = cli(*base(ws, **{"--data": str(d), "--transform": "none", "--target": "2"}))
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((ws / "out" / "circuit.json").read_text())["meta"]
-    assert meta["data_skipped"] == 2 and meta["n_images"] == 8 and len(meta["files"]) == 8
+    assert (
+        meta["data_skipped"] == 2 and meta["n_images"] == 8 and len(meta["files"]) == 10
+    )  # index -> file, the skipped two included
     assert "skipped 2 unreadable image(s) of 10" in proc.stderr
 
 

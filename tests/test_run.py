@@ -15,7 +15,7 @@ def circuit_with(meta) -> Circuit:
 
 def test_a_png_of_a_zoo_image_reads_back_exactly(tmp_path):
     ds = load_data("zoo:fashion-mnist")
-    x = ds.images[161]
+    x = ds.images.decoded()[161]
     Image.fromarray((x[0] * 255).round().byte().numpy(), mode="L").save(tmp_path / "pullover.png")
     c = circuit_with({"data": "zoo:fashion-mnist", "image_size": 28, "image_channels": 1})
     got = read_image(str(tmp_path / "pullover.png"), c)

@@ -32,10 +32,11 @@ import torch
 
 from ..circuit import Circuit
 from ..errors import NeurFlowError, unknown_name
-from ..method.probe import logits
+from ..method.probe import logits, predicted_classes
 from ..options import AuditOptions
 from ..progress import progress
 from ..slicing import LayerGraph
+from ..sources.stream import as_source
 from .candidates import KINDS, exemplars, fp_exemplars, layer_candidates, zeroed_logits
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def rank_key(names: list):
 def audit(
     circuit: Circuit,
     model,
-    images: torch.Tensor,
+    images,
     labels,
     max_images: int = AUDIT.max_images,
     seed: int = AUDIT.seed,
@@ -123,6 +124,7 @@ def audit(
     device: str | None = None,
     quiet: bool = True,
     max_candidates: int = AUDIT.max_candidates,
+    predictions=None,
 ) -> dict:
     """Rank the circuit's candidates (groups, sub-groups, neurons) by how much zeroing each removes
     the model's false positives on the target and keeps its true positives (``score``).
@@ -133,8 +135,10 @@ def audit(
         The fitted circuit (``NeurFlow.circuit_``, or ``neurflow.load(DIR)``).
     model : nn.Module
         The classifier the circuit was computed on.
-    images : torch.Tensor
-        ``[N, C, H, W]`` images, prepared like the run's inputs.
+    images : torch.Tensor or data source
+        ``[N, C, H, W]`` images, prepared like the run's inputs, or a source of them
+        (``neurflow.load_data(spec).images``, a torch ``Dataset``): only the audited false and
+        true positives are decoded when ``predictions`` are given.
     labels : sequence of int or torch.Tensor
         One label per image (false positives need them).
     max_images : int
@@ -152,6 +156,10 @@ def audit(
     max_candidates : int
         Per layer, at most this many sub-clusters of the groups' Ward tree (sub-groups down to
         single neurons) audited besides the groups, biggest first.
+    predictions : Predictions, optional
+        The model's predictions on ``images`` (``neurflow.Run.predictions``, cached): the false and
+        true positives are picked from them, and only those images are decoded and predicted again
+        (in float32: the margins are exact).  Default: one pass over ``images``.
 
     Returns
     -------
@@ -160,20 +168,25 @@ def audit(
         mean target logit of each set, the count of candidates of each kind and ``groups``: one row
         per candidate, best first (see the module docstring).
     """
+    images = as_source(images)
     labels = _checked_labels(images, labels)
     _check_counts(max_images, max_candidates)
     AuditOptions(seed=seed)  # refuses a seed outside the one range, as the CLI's --seed
     batch_size, device = batch_size or circuit.config.batch_size, device or circuit.config.device
     names = [l.name for l in circuit.layers]
     chosen = _chosen_layers(names, layers)
-    base = logits(model, images, batch_size=batch_size, device=device)
-    fp, tp, totals = _sample(base.argmax(1), labels, circuit.target, max_images, seed)
+    if predictions is not None:
+        base, classes = None, predictions.classes
+    else:
+        base = logits(model, images, batch_size=batch_size, device=device)
+        classes = predicted_classes(base)
+    fp, tp, totals = _sample(classes, labels, circuit.target, max_images, seed)
     probe = AuditSample.of(model, images, base, fp, tp, circuit.target, batch_size, device, circuit.config.channel_axis)
     per_layer = [(circuit.layer(n), _candidates(circuit, n, max_candidates)) for n in chosen]
     rows = sorted(_rows(probe, names[0], per_layer, quiet), key=rank_key(names))
-    _annotate_best(probe, circuit, images[torch.from_numpy(fp)], fp, rows)
+    _annotate_best(probe, circuit, probe.x[: probe.nf], fp, rows)
     settings = {"layers": chosen, "max_images": max_images, "max_candidates": max_candidates, "seed": seed}
-    return _result(circuit, settings, totals, fp, tp, base, rows)
+    return _result(circuit, settings, totals, fp, tp, probe.ref, rows)
 
 
 @dataclass(frozen=True)
@@ -192,8 +205,17 @@ class AuditSample:
 
     @classmethod
     def of(cls, model, images, base, fp, tp, t: int, batch_size: int, device, channel_axis: str) -> "AuditSample":
-        x = torch.cat([images[torch.from_numpy(fp)], images[torch.from_numpy(tp)]])
-        ref = base[torch.from_numpy(np.concatenate([fp, tp]))]
+        """``images`` a source: only the sampled images are decoded; ``base`` the logits on every
+        image (None: the sampled images are predicted here)."""
+        both = np.concatenate([fp, tp]).astype(np.int64)
+        x, kept = images.take(both)
+        if len(kept) != len(both):  # only images read in the prediction pass are sampled
+            raise NeurFlowError(
+                "data", "the images of the prediction pass", images.describe(), "some became unreadable"
+            )
+        ref = (
+            base[torch.from_numpy(both)] if base is not None else logits(model, x, batch_size=batch_size, device=device)
+        )
         return cls(model, x, ref, t, len(fp), batch_size, device, channel_axis)
 
     def zeroed(self, class_layer: str, layer: str, sets: list):
@@ -203,7 +225,7 @@ class AuditSample:
         )
 
 
-def _checked_labels(images: torch.Tensor, labels) -> torch.Tensor:
+def _checked_labels(images, labels) -> torch.Tensor:
     """``labels`` as a long tensor, one per image."""
     if labels is None:
         raise NeurFlowError(
@@ -213,8 +235,8 @@ def _checked_labels(images: torch.Tensor, labels) -> torch.Tensor:
             "use an image folder with one sub-folder per class, or a .pt dict with 'labels'",
         )
     labels = torch.as_tensor(labels).long()
-    if labels.shape[0] != images.shape[0]:
-        raise NeurFlowError("data", "one label per image", f"{labels.shape[0]} labels for {images.shape[0]} images")
+    if labels.shape[0] != len(images):
+        raise NeurFlowError("data", "one label per image", f"{labels.shape[0]} labels for {len(images)} images")
     return labels
 
 
@@ -304,10 +326,11 @@ def _annotate_best(probe: AuditSample, circuit: Circuit, fp_images: torch.Tensor
     fp_exemplars(circuit, probe.model, fp_images, fp, top, FP_EXEMPLARS, probe.batch_size, probe.device)
 
 
-def _result(circuit: Circuit, settings: dict, totals: dict, fp, tp, base: torch.Tensor, rows: list) -> dict:
-    """``audit``'s result, in the order its JSON has always had (``base``: the logits on every image)."""
+def _result(circuit: Circuit, settings: dict, totals: dict, fp, tp, ref: torch.Tensor, rows: list) -> dict:
+    """``audit``'s result, in the order its JSON has always had (``ref``: the logits on the
+    sampled false positives, then true positives)."""
     t = circuit.target
-    base_fp, base_tp = base[torch.from_numpy(fp), t], base[torch.from_numpy(tp), t]
+    base_fp, base_tp = ref[: len(fp), t], ref[len(fp) :, t]
     return {
         "target": t,
         "target_name": circuit.target_name,

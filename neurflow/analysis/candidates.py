@@ -30,6 +30,7 @@ from ..method.groups import nearest_first
 from ..method.probe import logits
 from ..neurons import channel_mask, masks_for, response
 from ..slicing import LayerGraph
+from ..sources.stream import TensorImages, as_source
 from ..store import display_range, to_uint8
 
 KINDS = ("group", "subgroup", "neuron")
@@ -205,14 +206,21 @@ def fp_crop_name(entry: dict) -> str:
     return f"fp-{int(entry['index'])}-{t}-{l}-{h}-{w}.png"
 
 
-def fp_thumbnails(images: torch.Tensor, rows: list, max_px: int = 64) -> dict:
+def fp_thumbnails(images, rows: list, max_px: int = 64) -> dict:
     """{file name: PNG bytes} of the rows' false-positive exemplars, cut from ``images`` (the
-    audited data), shown as the run's thumbnails are (``store.display_range``)."""
+    audited data, a tensor or a source: only the exemplars' images are decoded), shown as the
+    run's thumbnails are (``store.display_range``, over those images)."""
     import io
 
     from PIL import Image
 
-    lo, hi = display_range(images)
+    wanted = sorted({int(e["index"]) for r in rows for e in r.get("fp_exemplars", [])})
+    if not wanted:
+        return {}
+    source = as_source(images)
+    taken, kept = source.take(wanted)
+    at = {int(i): k for k, i in enumerate(kept)}
+    lo, hi = display_range(source.tensor if isinstance(source, TensorImages) else taken)
     out = {}
     for r in rows:
         for e in r.get("fp_exemplars", []):
@@ -220,7 +228,8 @@ def fp_thumbnails(images: torch.Tensor, rows: list, max_px: int = 64) -> dict:
             if name in out:
                 continue
             t, l, h, w = (int(v) for v in e["box"])
-            img = Image.fromarray(to_uint8(images[e["index"] : e["index"] + 1, :, t : t + h, l : l + w], lo, hi)[0])
+            k = at[int(e["index"])]
+            img = Image.fromarray(to_uint8(taken[k : k + 1, :, t : t + h, l : l + w], lo, hi)[0])
             if max(img.size) > max_px:
                 img = img.resize((max_px, max_px), Image.Resampling.BILINEAR)
             buf = io.BytesIO()

@@ -30,10 +30,15 @@ def shrink_png(data: bytes, max_px: int | None) -> bytes:
 
 def image_from_data(index, data) -> torch.Tensor:
     """Image ``index`` of a ``Dataset``."""
-    i, n = int(index), data.images.shape[0]
+    i, n = int(index), len(data.images)
     if not 0 <= i < n:
         raise NeurFlowError("image", f"an index in 0..{n - 1} into the run's data", index)
-    return data.images[i]
+    x, kept = data.images.take([i])
+    if not len(kept):
+        raise NeurFlowError(
+            "image", "a readable image of the run's data", index, f"{data.images.name_of(i)} is unreadable"
+        )
+    return x[0]
 
 
 def read_image(path: str, circuit: Circuit) -> torch.Tensor:

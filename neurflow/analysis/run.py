@@ -27,13 +27,15 @@ from ..circuit import Circuit
 from ..config import NeurFlowConfig
 from ..errors import NeurFlowError
 from ..method.crops import CropPool
-from ..method.probe import logits, pool_responses
+from ..method.predictions import predict
+from ..method.probe import pool_responses
 from ..method.selection import select_class_images
 from ..options import Reopen
 from ..slicing import LayerGraph
 from ..sources.datasets import load_data
 from ..sources.models import load_model
 from ..sources.schemes import MODEL_SCHEMES, LoadedModel
+from ..sources.stream import default_workers
 from ..store import THUMB, DamagedRun, RunDir, hash_tensors, model_hash, thumbnails, trust
 from .images import image_from_data, read_image, shrink_png
 
@@ -195,7 +197,11 @@ class Run:
             )
         # the channels the run fed its model: greyscale files read as it read them, tensors converted alike
         data = load_data(spec, r.transform if r.data else (r.transform or prov.transform), prov.image_channels or None)
-        if not r.data and prov.data_hash and hash_tensors([("images", data.images)]) != prov.data_hash:
+        # a folder's identity is its listing; a run recorded before that kept a pixel hash, which the
+        # class images' hash (class_selection) stands in for
+        recorded = prov.data_hash or ""
+        comparable = recorded.startswith("files:") or (bool(recorded) and data.images.cache_key() is None)
+        if not r.data and comparable and data.images.identity() != prov.data_hash:
             raise NeurFlowError(
                 "data",
                 "the data the run was computed on",
@@ -210,7 +216,7 @@ class Run:
         """(class images, their indices in the data), selected as the run selected them."""
         cfg, data = self.config, self.data
         labelled = cfg.selection == "labelled" and data.labels is not None
-        pred = None if labelled else logits(self.model, data.images, batch_size=cfg.batch_size, device=cfg.device)
+        pred = None if labelled else self.predictions
         selected = select_class_images(data.images, pred, data.labels, self.target, cfg.selection)
         recorded = self.provenance.class_images_hash
         if recorded and self._images_hash(selected[0]) != recorded:
@@ -222,6 +228,16 @@ class Run:
                 "transform, or a relative path that names something else here; pass the run's {p:data}",
             )
         return selected
+
+    @cached_property
+    def predictions(self):
+        """The model's predictions on the run's data (``method.predictions``: from the cache where
+        this model and folder were predicted before, else one streamed pass)."""
+        cfg = self.config
+        workers = default_workers() if cfg.data_workers is None else cfg.data_workers
+        return predict(self.graph.full(), self.data.images, model_hash(self.model), self.graph.code,
+                       batch_size=cfg.batch_size, device=cfg.device, workers=workers, cache_dir=cfg.cache_dir,
+                       quiet=self.quiet)  # fmt: skip
 
     def _images_hash(self, images: torch.Tensor) -> str:
         found = self._cache.get("images_hash")

@@ -94,7 +94,7 @@ def _add_confusion(atlas: dict, prep: Prepared, s: np.ndarray) -> None:
     if labels is None or not atlas["classes"]:
         return
     targets = [c["target"] for c in atlas["classes"]]
-    predicted = prep.predictions.argmax(1).numpy()  # type: ignore[attr-defined]
+    predicted = prep.predictions.classes.numpy()  # type: ignore[attr-defined]
     conf, counts = sim.confusion_rates(predicted, np.asarray(labels), targets)
     atlas["confusion"] = {"symmetrised_rate": _matrix(conf), "n_labelled": counts}
     atlas["confusion_correlation"] = sim.spearman_mantel(s, conf)

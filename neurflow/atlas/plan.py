@@ -16,11 +16,13 @@ from ..config import NeurFlowConfig
 from ..demo import DEMOS
 from ..errors import NeurFlowError
 from ..method import resolve_target
-from ..method.probe import logits
+from ..method.predictions import predict as cached_predict
 from ..options import AtlasOptions
 from ..provenance import Provenance
 from ..slicing import LayerGraph
 from ..sources.inputs import load_inputs, run_provenance
+from ..sources.stream import default_workers
+from ..store import model_hash
 from .layout import AtlasDir
 
 
@@ -81,7 +83,7 @@ class Prepared:
     plan: Plan
     loaded: object  # models.LoadedModel
     data: object  # datasets.Dataset
-    predictions: object  # torch.Tensor [N, classes]
+    predictions: object  # store.predictions.Predictions of every image
     classes: list  # [(index, name)], in the plan's order
     counts: dict  # index -> number of class images
 
@@ -117,12 +119,15 @@ def load_plan_inputs(plan: Plan):
                        plan.transform)  # fmt: skip
 
 
-def predict(model, images, layers, cfg: NeurFlowConfig):
-    """The model's logits on ``images`` exactly as ``NeurFlow.fit`` computes them (the traced
-    graph, the run's batch size, device and threads): the prediction pass the classes share."""
+def predict(model, images, layers, cfg: NeurFlowConfig, quiet: bool = True):
+    """The model's ``Predictions`` on ``images`` exactly as ``NeurFlow.fit`` computes them (the
+    traced graph, the run's batch size, device and threads; a folder's from the prediction cache
+    when it holds them): the prediction pass the classes share."""
     with running(model, cfg.device, cfg.threads, cfg.seed):
         graph = LayerGraph(model, layers, (), cfg.channel_axis)
-        return logits(graph.full(), images, batch_size=cfg.batch_size, device=cfg.device, finite=True)
+        workers = default_workers() if cfg.data_workers is None else cfg.data_workers
+        return cached_predict(graph.full(), images, model_hash(model), graph.code, batch_size=cfg.batch_size,
+                              device=cfg.device, workers=workers, cache_dir=cfg.cache_dir, quiet=quiet)  # fmt: skip
 
 
 def prepare(plan: Plan) -> Prepared:
@@ -131,7 +136,7 @@ def prepare(plan: Plan) -> Prepared:
     loaded, data, layers = load_plan_inputs(plan)
     plan = dataclasses.replace(plan, layers=tuple(layers))
     pred = predict(loaded.model, data.images, layers, plan.config)
-    n_classes = int(pred.shape[1])
+    n_classes = pred.n_classes
     names = loaded.class_names or data.class_names
     if plan.targets == "all":
         indices = list(range(n_classes))
@@ -151,9 +156,10 @@ def prepare(plan: Plan) -> Prepared:
         chosen = torch.as_tensor(data.labels)
         what = "labelled as"
     else:
-        chosen = pred.argmax(1)
+        chosen = pred.classes
         what = "predicted as"
-    counts = torch.bincount(chosen.long(), minlength=n_classes).tolist()
+    chosen = chosen.long()
+    counts = torch.bincount(chosen[chosen >= 0], minlength=n_classes).tolist()
     empty = [i for i in indices if counts[i] == 0]
     if empty:
         shown = ", ".join(_name(i, names) for i in empty[:10]) + (

@@ -183,6 +183,7 @@ def cmd_audit(args) -> int:
             cfg.device,
             quiet=run.quiet,
             max_candidates=args.max_candidates,
+            predictions=run.predictions if run.data.images.cache_key() else None,  # a folder: its cached pass
         )
     result["data"] = run.data.spec or args.data
     with run.dir.updating():

@@ -35,10 +35,12 @@ from ..provenance import Provenance
 from ..slicing import LayerGraph
 from ..sources.datasets import Dataset
 from ..sources.schemes import LoadedModel
+from ..sources.stream import ImageSource, TorchImages, as_source, default_workers
 from ..store import RunStore, hash_tensors, model_hash, run_hash, trust
 from .crops import CropPool
 from .groups import assemble
 from .layer_pass import fit_layers
+from .predictions import Predictions, predict
 from .probe import logits, pool_responses
 from .selection import resolve_target, select_class_images
 
@@ -88,7 +90,7 @@ class NeurFlow:
     def fit(
         self,
         model: nn.Module,
-        images: torch.Tensor,
+        images,
         target,
         layers: Sequence[str],
         labels: torch.Tensor | None = None,
@@ -107,8 +109,12 @@ class NeurFlow:
         ----------
         model : nn.Module
             The classifier; left as it was found (flags, ``requires_grad``, device, hooks).
-        images : torch.Tensor
-            ``[N, C, H, W]`` float images, prepared (normalised) the way the model expects them.
+        images : torch.Tensor, torch.utils.data.Dataset or data source
+            ``[N, C, H, W]`` float images, prepared (normalised) the way the model expects them: a
+            tensor, a map-style ``torch.utils.data.Dataset`` whose items are an image or (image,
+            label), or a neurflow data source (``neurflow.load_data(spec).images``: a folder listed,
+            decoded in batches).  Only the class images are held in memory; the prediction pass
+            streams the rest (cached on disk for a folder, ``cache_dir``).
         target : int or str
             The class: an index, or a name from ``class_names``.
         layers : sequence of str
@@ -132,7 +138,7 @@ class NeurFlow:
         provenance : Provenance, optional
             The specs that reopen the model and data (``model_spec``, ``data_spec``...), recorded
             in ``circuit.json``; the rest is filled in here.
-        predictions : torch.Tensor, optional
+        predictions : torch.Tensor or Predictions, optional
             The model's logits on ``images`` when already computed (``neurflow atlas`` shares one
             prediction pass among its classes).
 
@@ -144,12 +150,15 @@ class NeurFlow:
         """
         cfg = self.config
         t0 = time.perf_counter()
-        layers = _checked_layers(layers, images, cfg)
+        layers = _checked_layers(layers, cfg)
+        images = as_source(images)
+        if labels is None and cfg.selection == "labelled" and isinstance(images, TorchImages):
+            labels = images.read_labels()
         timings: dict = {}
         with contextlib.ExitStack() as owned:
             with running(model, cfg.device, cfg.threads, cfg.seed):
                 prep = self._prepare(model, images, target, layers, labels, class_names, leaf_modules, predictions,
-                                     provenance, timings)  # fmt: skip
+                                     provenance, timings, quiet)  # fmt: skip
                 store = self._store(owned, store, out, overwrite, prep.run_hash)
                 if store is not None and provenance is not None:  # the caller named this spec for this run
                     trust.remember(store.dir, provenance.model_spec)
@@ -172,25 +181,36 @@ class NeurFlow:
         )
 
     # -- the steps of fit ----------------------------------------------------------------------
-    def _prepare(self, model, images, target, layers, labels, class_names, leaf_modules, predictions, provenance,
-                 timings) -> Prepared:  # fmt: skip
+    def _prepare(self, model, images: ImageSource, target, layers, labels, class_names, leaf_modules, predictions,
+                 provenance, timings, quiet: bool = True) -> Prepared:  # fmt: skip
         """The layer graph, the predictions, the class images and their pool, and the run's identity:
         the weights, the class images, the settings, and the model's code (the traced graph, so a
         changed ``forward()`` is not served the old circuit) and spec."""
         cfg = self.config
         graph = LayerGraph(model, layers, leaf_modules, cfg.channel_axis)
         t = time.perf_counter()
+        weights = model_hash(model)
         if predictions is not None:
-            pred = _check_predictions(predictions, images)
-        else:  # labelled selection reads no prediction: one image gives the number of classes
-            some = images[:1] if cfg.selection == "labelled" and labels is not None else images
-            pred = logits(graph.full(), some, batch_size=cfg.batch_size, device=cfg.device, finite=True)
-        target = resolve_target(target, pred.shape[1], class_names)
+            pred = _check_predictions(predictions, len(images))
+            images.unreadable.update(int(i) for i in (pred.classes < 0).nonzero().flatten())  # skipped by that pass
+            n_classes = pred.n_classes
+        elif cfg.selection == "labelled" and labels is not None:  # no prediction read: one image gives the classes
+            pred = None
+            n_classes = int(logits(graph.full(), images.take(_first_readable(images))[0], device=cfg.device,
+                                  finite=True).shape[1])  # fmt: skip
+        else:
+            workers = default_workers() if cfg.data_workers is None else cfg.data_workers
+            pred = predict(graph.full(), images, weights, graph.code, batch_size=cfg.batch_size, device=cfg.device,
+                           workers=workers, cache_dir=cfg.cache_dir, quiet=quiet)  # fmt: skip
+            n_classes = pred.n_classes
+        target = resolve_target(target, n_classes, class_names)
         class_images, kept = select_class_images(images, pred, labels, target, cfg.selection)
+        check = getattr(images, "check_unchanged", None)
+        if check is not None:  # a folder rewritten while its class images were read
+            check()
         pool = CropPool(class_images, cfg.granularities, cfg.stride_ratio)
         timings["select_s"] = round(time.perf_counter() - t, 3)
         settings = {**cfg.method_dict(), "layers": layers, "target": target}
-        weights = model_hash(model)
         code = graph.code + "\n" + str((provenance.model_spec if provenance else None) or "")
         images_hash = hash_tensors([("images", class_images)])
         digest = run_hash(weights, images_hash, settings, code)
@@ -236,18 +256,22 @@ class NeurFlow:
         arrays["crop_box"] = pool.boxes()
         timings["total_s"] = round(time.perf_counter() - t0, 3)
         names = list(class_names) if class_names else None
-        prov = (provenance or Provenance()).replace(
+        n_read = len(images) - len(images.unreadable)  # the images the run read (unreadable ones skipped)
+        prov = provenance or Provenance()
+        if prov.data_skipped is not None or images.unreadable:
+            prov = prov.replace(data_skipped=(prov.data_skipped or 0) + len(images.unreadable))
+        prov = prov.replace(
             model_class=type(model).__name__,
-            data_shape=tuple(images.shape),
+            data_shape=(n_read,) + tuple(images.image_shape),
             neurflow=__version__,
             torch=torch.__version__,
             target_name=names[target] if names and target < len(names) else None,
             class_names=tuple(names) if names else None,
-            n_images=int(images.shape[0]),
+            n_images=n_read,
             n_class_images=int(prep.class_images.shape[0]),
             n_crops=len(pool),
             image_size=pool.size,
-            image_channels=int(images.shape[1]),
+            image_channels=int(images.image_shape[0]),
             run_hash=prep.run_hash,
             model_hash=prep.model_hash,
             class_images_hash=prep.images_hash,
@@ -308,17 +332,21 @@ def _check_settings(settings: dict) -> None:
             raise unknown_name(name, name, names, "the settings are the fields of NeurFlowConfig")
 
 
-def _checked_layers(layers: Sequence[str], images, cfg: NeurFlowConfig) -> list:
-    """``layers`` as a list, and the inputs checked before any work."""
+def _checked_layers(layers: Sequence[str], cfg: NeurFlowConfig) -> list:
+    """``layers`` as a list, checked before any work."""
     layers = list(layers)
     if len(layers) < 2:
         raise NeurFlowError(
             "layers", "at least two layer names (the class layer, ..., the lowest input layer)", ",".join(layers)
         )
     groups_per_layer(cfg.n_groups, len(layers) - 2)  # a count per layer
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise NeurFlowError("images", "a float tensor [N, C, H, W]", getattr(images, "shape", type(images)))
     return layers
+
+
+def _first_readable(images: ImageSource) -> list:
+    """The index of the first image the source reads (a one-line error when none is)."""
+    images.image_shape  # noqa: B018 - reads images until one is readable (or refuses)
+    return [next(i for i in range(len(images)) if i not in images.unreadable)]
 
 
 def _precision_agreement(fitted: list) -> dict:
@@ -329,15 +357,18 @@ def _precision_agreement(fitted: list) -> dict:
     }
 
 
-def _check_predictions(predictions, images: torch.Tensor) -> torch.Tensor:
-    """Logits given to ``fit``: a finite float tensor [N, classes], one row per image."""
-    if not isinstance(predictions, torch.Tensor) or predictions.ndim != 2 or predictions.shape[0] != images.shape[0]:
-        raise NeurFlowError(
-            "predictions", f"logits [{images.shape[0]}, classes] for the images", getattr(predictions, "shape", None)
-        )
+def _check_predictions(predictions, n: int) -> Predictions:
+    """Logits given to ``fit``: ``Predictions`` (NaN rows for unreadable images) or a finite float
+    tensor [N, classes], one row per image."""
+    if isinstance(predictions, Predictions):
+        if predictions.logits.shape[0] != n:
+            raise NeurFlowError("predictions", f"predictions of the {n} images", predictions.logits.shape[0])
+        return predictions
+    if not isinstance(predictions, torch.Tensor) or predictions.ndim != 2 or predictions.shape[0] != n:
+        raise NeurFlowError("predictions", f"logits [{n}, classes] for the images", getattr(predictions, "shape", None))
     if not torch.isfinite(predictions).all():
         raise NeurFlowError("predictions", "finite logits", "NaN or inf values")
-    return predictions
+    return Predictions.of(predictions)
 
 
 def _warn_tau_above_width(tau: int, widths: dict) -> None:

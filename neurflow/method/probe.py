@@ -32,6 +32,7 @@ from ..errors import NeurFlowError, unknown_name
 from ..neurons import channel_axis, channel_mask, response, width
 from ..progress import progress
 from ..slicing import LAYERS_HINT, Inside, LayerGraph, module_axis
+from ..sources.stream import as_source
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,33 @@ def zeroed(model: nn.Module, layer: str, neurons: Sequence[int], axis: int | Non
 # -- forward passes ------------------------------------------------------------------------
 def logits(
     model: Callable,
-    images: torch.Tensor,
+    images,
     zero: dict | None = None,
     batch_size: int = DEFAULTS.batch_size,
     device="cpu",
     finite: bool = False,
     axes: dict | None = None,
+    workers: int = 0,
+    quiet: bool = True,
 ) -> torch.Tensor:
     """The model's outputs for ``images`` in batches (eval mode, no gradients) with the channels
     of every layer in ``zero`` ({layer: neurons}) zeroed (``axes``: {layer: channel axis}, the
     run's ``LayerGraph.axes``; a layer not in it has its axis read off its module).  ``model`` may be a traced graph
-    module (then ``zero`` must be empty).  With ``finite``, NaN or inf outputs are refused.
+    module (then ``zero`` must be empty).  ``images``: a tensor [N, C, H, W] or any source
+    (``sources.stream.as_source``: a folder's images decoded ``batch_size`` at a time by ``workers``
+    processes, a progress bar in images/s unless ``quiet``); the row of an image the source could
+    not read is NaN.  With ``finite``, NaN or inf outputs (of readable images) are refused.
     Returns a float CPU tensor [N, classes]."""
-    outs = []
+    if isinstance(images, torch.Tensor):  # slices, as always (any input shape the model takes)
+        n = int(images.shape[0])
+        batches: Iterator = (
+            (np.arange(s, min(s + batch_size, n)), images[s : s + batch_size]) for s in range(0, n, batch_size)
+        )
+    else:
+        source = as_source(images)
+        n, batches = len(source), source.batches(batch_size, workers, "predicting", quiet)
+    outs: list = []
+    rows: list = []
     plan = dict(zero or {})
     # a traced graph module is called through forward(): fx's __call__ prints the generated code
     # to stderr and drops the traceback when an operation in it fails
@@ -105,8 +120,8 @@ def logits(
                 stack.enter_context(zeroed(model, name, chans, (axes or {}).get(name)))
         elif plan:
             raise NeurFlowError("model", "an nn.Module (to zero channels of its layers)", type(model).__name__)
-        for start in range(0, images.shape[0], batch_size):
-            batch = images[start : start + batch_size].to(device)
+        for idx, cpu_batch in batches:
+            batch = cpu_batch.to(device)
             try:
                 o = forward(batch)
             except _MODEL_FAULTS as exc:
@@ -116,12 +131,26 @@ def logits(
                     "model", "a model whose forward returns logits [B, classes]", getattr(o, "shape", type(o).__name__)
                 )
             outs.append(o.float().cpu())
+            rows.append(idx)
     if not outs:
         return torch.zeros(0, 0)
     out = torch.cat(outs)
     if finite and not torch.isfinite(out).all():
         raise NeurFlowError("model", "finite outputs", "NaN or inf logits", "check the weights and the input transform")
+    if out.shape[0] != n:  # unreadable images: NaN rows in their places
+        full = torch.full((n, out.shape[1]), float("nan"))
+        full[torch.from_numpy(np.concatenate(rows))] = out
+        out = full
     return out
+
+
+def predicted_classes(pred: torch.Tensor) -> torch.Tensor:
+    """The class each row of logits ``pred`` predicts; -1 for a NaN row (an unreadable image)."""
+    classes = pred.argmax(1)
+    bad = torch.isnan(pred).any(1)
+    if bool(bad.any()):
+        classes = classes.masked_fill(bad, -1)
+    return classes
 
 
 # what Python and torch raise for a computation that does not fit its input (a shape, a dtype);

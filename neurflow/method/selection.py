@@ -7,11 +7,15 @@ from typing import Sequence
 import torch
 
 from ..errors import NeurFlowError, counted, unknown_name
+from ..sources.stream import as_source
+from .probe import predicted_classes
 
 
 def select_class_images(images, logits, labels, target: int, selection: str):
-    """The class images and their indices in ``images``: those ``labels`` mark as ``target``
-    (``labelled``: ``logits`` are not read and may be None), or those ``logits`` predict as it."""
+    """The class images and their indices in ``images`` (a tensor or any source: only these are
+    decoded, the unreadable ones among them left out): those ``labels`` mark as ``target``
+    (``labelled``: ``logits`` are not read and may be None), or those ``logits`` predict as it
+    (logits [N, classes], or ``Predictions``, whose classes are read)."""
     if selection == "labelled":
         if labels is None:
             raise NeurFlowError(
@@ -24,7 +28,7 @@ def select_class_images(images, logits, labels, target: int, selection: str):
         keep = (classes == target).nonzero().flatten()
         what, common_kind = "labelled as", "most labelled"
     else:
-        classes = logits.argmax(1)
+        classes = logits.classes if hasattr(logits, "classes") else predicted_classes(logits)
         keep = (classes == target).nonzero().flatten()
         what, common_kind = "predicted as", "most predicted"
     if keep.numel() == 0:
@@ -37,7 +41,11 @@ def select_class_images(images, logits, labels, target: int, selection: str):
             target,
             f"no image is {what} {target}; {common_kind}: {common or 'none'}",
         )
-    return images[keep], keep.numpy()
+    class_images, kept = as_source(images).take(keep.numpy())
+    if len(kept) == 0:
+        raise NeurFlowError("target", f"a class with at least one readable image {what} it", target,
+                            f"all {counted(int(keep.numel()), 'image')} {what} {target} are unreadable")  # fmt: skip
+    return class_images, kept
 
 
 def resolve_target(target, n_classes: int | None, class_names: Sequence[str] | None) -> int:

@@ -13,6 +13,7 @@ alpha dropped)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import NeurFlowError
 from ..options import TRANSFORMS
 from .schemes import DATA_SCHEMES
+from .stream import FolderImages, ImageSource, TensorImages, Unreadable
 
 log = logging.getLogger(__name__)
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -35,14 +37,27 @@ PIL_MODES = {1: "L", 3: "RGB"}  # the channel counts image files are read into
 
 @dataclass
 class Dataset:
-    images: torch.Tensor
+    """A DATA spec read: ``images`` a source (``stream.ImageSource``: listed, decoded on demand; a
+    tensor given here is wrapped in one), ``labels`` one per image or None, ``files`` the relative
+    paths of a folder's images (index -> file)."""
+
+    images: ImageSource
     labels: torch.Tensor | None = None
     class_names: list | None = None
     files: list | None = None
-    skipped: int = 0
+    skipped: int = 0  # images skipped before the source was made (a scheme's own count)
     spec: str = ""
     info: dict = field(default_factory=dict)  # extras a data source records (e.g. a marked subset)
     transform: str | None = None  # the preset the images were prepared with (None: as stored)
+
+    def __post_init__(self):
+        if isinstance(self.images, torch.Tensor):
+            self.images = TensorImages(self.images, self.labels)
+
+    @property
+    def n_skipped(self) -> int:
+        """Unreadable images skipped so far (by the scheme, and met while decoding)."""
+        return self.skipped + len(self.images.unreadable)
 
 
 def imagenet_transform(img: Image.Image) -> torch.Tensor:
@@ -150,11 +165,15 @@ def load_data(spec: str, transform: str | None = None, channels: int | None = No
         data = loader(rest)
         if not isinstance(data, Dataset):
             raise NeurFlowError("data", "a scheme loader returning a Dataset", spec, type(data).__name__)
-        images = _values(data.images, "images", spec)
+        if not isinstance(data.images, TensorImages):  # a scheme's own source: as it made it
+            return data
+        images = _values(data.images.tensor, "images", spec)
         if channels is not None:  # a scheme's images are as it made them unless a model says otherwise
             images = fit_channels(images, channels, spec)
         labels = _values(data.labels, "labels", spec)
-        return data if images is data.images and labels is data.labels else replace(data, images=images, labels=labels)
+        if images is data.images.tensor and labels is data.labels:
+            return data
+        return replace(data, images=TensorImages(images, labels), labels=labels)
     path = Path(spec)
     if not path.exists():
         schemes = _SCHEMES.names()
@@ -171,7 +190,7 @@ def _from_pt(path: Path, channels: int | None = None) -> Dataset:
     try:
         with warnings.catch_warnings():  # a sparse tensor is checked, then made dense with one info line
             warnings.filterwarnings("ignore", "Validating sparse tensor invariants")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = _load_pt(path)
     except Exception as exc:  # noqa: BLE001
         raise NeurFlowError(
             "data",
@@ -204,20 +223,52 @@ def _from_pt(path: Path, channels: int | None = None) -> Dataset:
                 f"labels of shape {list(labels.shape)}",
                 f"{path.name}: 'labels' must be a 1-D tensor as long as 'images'",
             )
-    return Dataset(images, labels, list(names) if names else None, spec=str(path))
+    return Dataset(TensorImages(images, labels), labels, list(names) if names else None, spec=str(path))
+
+
+def _load_pt(path: Path):
+    """``torch.load`` memory-mapped where the file allows it (the zip format torch.save writes):
+    the pages are read as the images are, not all up front."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc) and "zip" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def decode_file(f: Path, fn, channels: int) -> torch.Tensor:
+    """One image file read into ``channels`` and prepared by ``fn``; ``Unreadable`` when PIL
+    cannot read it (or it is smaller than 8 px)."""
+    try:
+        with Image.open(f) as im:
+            img = to_mode(im, channels)
+            if min(img.size) < 8:
+                raise ValueError("image smaller than 8 px")
+            return fn(img)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise Unreadable(str(exc)) from None
+
+
+def list_images(path: Path) -> tuple[list[str], list | None, list | None]:
+    """(relative paths, labels or None, class names or None) of the image files under ``path``:
+    one sub-folder per class (recursive inside each), else the files of ``path`` itself."""
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        files, labels = [], []
+        for index, d in enumerate(subdirs):
+            found = [f for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_EXT and f.is_file()]
+            files += [str(f.relative_to(path)) for f in found]
+            labels += [index] * len(found)
+        return files, labels, [d.name for d in subdirs]
+    found = [f for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_EXT and f.is_file()]
+    return [str(f.relative_to(path)) for f in found], None, None
 
 
 def _from_folder(path: Path, transform: str, channels: int | None = None) -> Dataset:
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    entries: list[tuple[Path, int | None]] = []
-    if subdirs:
-        names = [d.name for d in subdirs]
-        for index, d in enumerate(subdirs):
-            entries += [(f, index) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_EXT]
-    else:
-        names = None
-        entries = [(f, None) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_EXT]
-    if not entries:
+    """The folder *listed*: its images are decoded when the run asks for them (``FolderImages``)."""
+    files, labels, names = list_images(path)
+    if not files:
         raise NeurFlowError(
             "data",
             "a folder with images (flat or one sub-folder per class)",
@@ -226,33 +277,11 @@ def _from_folder(path: Path, transform: str, channels: int | None = None) -> Dat
         )
     fn = imagenet_transform if transform == "imagenet" else plain_transform
     channels = _folder_channels(channels, path, transform)
-    images, labels, files, skipped = [], [], [], 0
-    for f, label in entries:
-        try:
-            with Image.open(f) as im:
-                img = to_mode(im, channels)
-                if min(img.size) < 8:
-                    raise ValueError("image smaller than 8 px")
-                images.append(fn(img))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            skipped += 1
-            log.warning("skipped %s: %s", f.name, exc)
-            continue
-        labels.append(label)
-        files.append(str(f.relative_to(path)))
-    if not images:
-        raise NeurFlowError("data", "at least one readable image", str(path), f"all {skipped} files were unreadable")
-    if len({tuple(x.shape) for x in images}) > 1:
-        raise NeurFlowError(
-            "transform",
-            "images of one size, or the 'imagenet' transform",
-            "none",
-            "the images have different sizes; use {p:transform} imagenet",
-        )
-    if skipped:
-        log.warning("skipped %d unreadable image(s) of %d", skipped, len(entries))
+    decode = functools.partial(decode_file, fn=fn, channels=channels)
     lab = torch.tensor(labels) if names else None
-    return Dataset(torch.stack(images), lab, names, files, skipped, str(path), transform=transform)
+    source = FolderImages(path, files, lab, decode, f"{transform}|{channels}")
+    source.image_shape  # noqa: B018 - the first readable image: an all-unreadable folder is one line now
+    return Dataset(source, lab, names, files, 0, str(path), transform=transform)
 
 
 def _folder_channels(channels: int | None, path: Path, transform: str) -> int:

@@ -8,7 +8,6 @@ from typing import Sequence
 
 from ..errors import NeurFlowError
 from ..provenance import Provenance
-from ..store import hash_tensors
 from .datasets import load_data
 from .models import input_channels, load_model
 from .schemes import DATA_SCHEMES, MODEL_SCHEMES
@@ -52,7 +51,7 @@ def run_provenance(loaded, weights, data_spec: str, data):
         weights=str(Path(weights).resolve()) if weights else weights,
         data_spec=absolute_spec(data_spec, DATA_SCHEMES),
         transform=data.transform,
-        data_skipped=data.skipped,
+        data_skipped=data.skipped,  # the scheme's own count: fit adds the images found unreadable
         files=tuple(data.files) if data.files else None,
-        data_hash=hash_tensors([("images", data.images)]),
+        data_hash=data.images.identity(),  # a folder: its listing (paths, sizes, mtimes), not its pixels
     )

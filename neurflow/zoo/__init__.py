@@ -63,12 +63,13 @@ def zoo_model(name: str):
 def zoo_data(name: str):
     """The ``zoo:`` data scheme's loader: ``name`` is what follows ``zoo:``."""
     from ..sources.datasets import Dataset  # lazy: the plugin registers without torch
+    from ..sources.stream import TensorImages  # lazy: the plugin registers without torch
 
     if name == "fashion-mnist":
         from .fashion import CLASS_NAMES, load_split  # lazy: the plugin registers without torch
 
         images, labels = load_split("test")
-        return Dataset(images, labels, list(CLASS_NAMES), None, 0, "zoo:fashion-mnist")
+        return Dataset(TensorImages(images, labels), labels, list(CLASS_NAMES), None, 0, "zoo:fashion-mnist")
     if name == "fashion-mnist-marked":
         from .shortcut import SHORTCUT  # lazy: the plugin registers without torch
 

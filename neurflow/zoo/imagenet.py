@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import NeurFlowError
 from ..sources.datasets import Dataset, imagenet_transform
+from ..sources.stream import TensorImages
 from ..sources.torchvision import imagenet_class_names
 
 LITE_MEAN, LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # the lite models' [-1, 1] scaling
@@ -112,4 +113,4 @@ def photos():
         raise NeurFlowError(
             "data", "zoo:photos (sample photos of scikit-image, scikit-learn, matplotlib)", "none installed", EXTRA_HINT
         )
-    return Dataset(torch.stack(images), None, None, names, 0, "zoo:photos", transform="imagenet")
+    return Dataset(TensorImages(torch.stack(images)), None, None, names, 0, "zoo:photos", transform="imagenet")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..sources.datasets import Dataset
+from ..sources.stream import TensorImages
 from .fashion import CLASS_NAMES, load_split
 
 
@@ -101,7 +102,7 @@ class Plant:
         record = self.recorded_subset()
         marked = np.asarray(record["marked"], dtype=np.int64)
         return Dataset(
-            self.stamp(images, marked),
+            TensorImages(self.stamp(images, marked), labels),
             labels,
             list(CLASS_NAMES),
             None,
