@@ -216,3 +216,27 @@ def test_the_cache_directory_setting_and_its_environment_variable(tmp_path, monk
     assert cache_root() == tmp_path / "xdg" / "neurflow"
     with pytest.raises(NeurFlowError, match="^data_workers"):
         neurflow.NeurFlowConfig(data_workers=-1)
+
+
+def test_plan_prints_the_work_and_computes_no_circuit(tmp_path, monkeypatch, capsys):
+    """``neurflow run --plan``: the counts a run will have (checked against the run itself)."""
+    from neurflow.cli.main import main
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    root = folder(tmp_path / "imgs", n=20)
+    (tmp_path / "m.py").write_text("from conftest import tiny_net\n\ndef build():\n    return tiny_net()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["run", "--model", f"{tmp_path}/m.py:build", "--data", str(root), "--transform", "none",
+            "--selection", "labelled", "--target", "1", "--layers", ",".join(LAYERS), "--tau", "3",
+            "--top-k", "6", "--ig-steps", "8", "--granularities", "1,0.5", "--data-workers", "0",
+            "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+    assert main([*argv, "--plan"]) == 0
+    shown = capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+    lines = dict(l.split(": ", 1) for l in shown.splitlines() if ": " in l)
+    assert lines["images found"] == "20" and lines["class images (labelled as 1)"] == "10"
+    assert main(argv) == 0
+    c = neurflow.load(tmp_path / "out")
+    assert int(lines["crops"]) == c.provenance.n_crops == 10 * 10  # 1 + 9 windows per 16-px image
+    assert lines["IG evaluations of the first layer pair (node, crop, step)"].startswith(f"{6 * 8} (1 node x 6")
+    assert "estimated peak memory" in lines and "MB" in lines["estimated peak memory"]

@@ -43,6 +43,15 @@ def cmd_run(args) -> int:
     loaded, data, layers = load_inputs(
         args.model, args.weights, args.trust_checkpoint, cfg.seed, split_names(args.layers), args.data, args.transform
     )
+    if args.plan:
+        from .._state import running  # lazy: --help loads no torch
+        from ..method.preview import describe, plan_run  # lazy: --help loads no torch
+
+        names = loaded.class_names or data.class_names
+        with running(loaded.model, cfg.device, cfg.threads, cfg.seed):
+            plan = plan_run(cfg, loaded.model, data.images, data.labels, args.target, layers, names, args.quiet)
+        print(describe(plan))
+        return 0
     prov = run_provenance(loaded, args.weights, args.data, data)
     nf = NeurFlow(cfg).fit_loaded(
         loaded, data, args.target, layers, out=args.out, overwrite=args.overwrite, quiet=args.quiet, provenance=prov

@@ -86,6 +86,13 @@ def add_run(sub, models_help: str, data_help: str) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the images found, the class images, the crops, the IG evaluations of the first layer pair and "
+        "an estimate of peak memory, then exit without computing the circuit (predicted selection: runs the "
+        "prediction pass, which is cached for the run)",
+    )
     add_flags(p, NeurFlowConfig)
 
 
