@@ -6,8 +6,9 @@ exemplar crops, ``ig_steps`` steps each), and estimates the run's peak memory fr
 what this process holds already (the interpreter, torch and the model), the prediction table, the
 class images, one batch of input with the activations every module of the model produces on it
 (an upper bound of what a forward with gradients keeps), and the batches the decoding workers
-hold in flight (two per worker, as a ``DataLoader`` prefetches).  With ``--selection predicted`` the class images are only known after
-the prediction pass: the plan runs it (streamed, and cached: the run then reads it back).
+hold in flight (two per worker, as a ``DataLoader`` prefetches).  With ``--selection predicted``
+the class images are only known after the prediction pass: the plan runs it (streamed, and
+cached: the run then reads it back).
 """
 
 from __future__ import annotations
