@@ -240,3 +240,51 @@ def test_plan_prints_the_work_and_computes_no_circuit(tmp_path, monkeypatch, cap
     assert int(lines["crops"]) == c.provenance.n_crops == 10 * 10  # 1 + 9 windows per 16-px image
     assert lines["IG evaluations of the first layer pair (node, crop, step)"].startswith(f"{6 * 8} (1 node x 6")
     assert "estimated peak memory" in lines and "MB" in lines["estimated peak memory"]
+
+
+def shards(path, root, per_shard=12):
+    """The images of the folder ``root`` written as WebDataset tar shards (key.png + key.cls)."""
+    import io
+    import tarfile
+
+    data = load_data(str(root), "none")
+    names = []
+    for s in range(0, len(data.files), per_shard):
+        name = path / f"part-{s // per_shard:03d}.tar"
+        with tarfile.open(name, "w") as tar:
+            for i in range(s, min(s + per_shard, len(data.files))):
+                key = f"sample{i:04d}"
+                for ext, payload in (("png", (root / data.files[i]).read_bytes()), ("cls", b"%d" % data.labels[i])):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        names.append(name)
+    return names
+
+
+def test_webdataset_shards_give_the_folders_images_labels_and_circuit(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    root = folder(tmp_path / "imgs")
+    (tmp_path / "wds").mkdir()
+    shards(tmp_path / "wds", root)
+    spec = f"wds:{tmp_path}/wds/part-{{000..001}}.tar"
+    wds, files = load_data(spec, "none"), load_data(str(root), "none")
+    assert len(wds.images) == 24 and torch.equal(wds.labels, files.labels)
+    assert torch.equal(wds.images.decoded(), files.images.decoded())
+    assert wds.files[0] == "part-000.tar:sample0000" and wds.images.identity().startswith("shards:")
+    torch.manual_seed(0)
+    model = tiny_net().eval()
+    target = _targets(model, files.images.decoded())[0]
+    neurflow.NeurFlow(**SETTINGS).fit(model, wds.images, target, LAYERS, out=tmp_path / "a")
+    neurflow.NeurFlow(**SETTINGS).fit(model, files.images, target, LAYERS, out=tmp_path / "b")
+    assert (tmp_path / "a/arrays.npz").read_bytes() == (tmp_path / "b/arrays.npz").read_bytes()
+
+
+def test_webdataset_patterns_that_match_nothing_or_miss_a_shard_are_one_line(tmp_path):
+    root = folder(tmp_path / "imgs", n=4)
+    (tmp_path / "wds").mkdir()
+    shards(tmp_path / "wds", root, per_shard=4)
+    with pytest.raises(NeurFlowError, match="matches no file"):
+        load_data(f"wds:{tmp_path}/nothing-{{0..3}}.tar")
+    with pytest.raises(NeurFlowError, match="1 shard missing"):
+        load_data(f"wds:{tmp_path}/wds/part-{{000..001}}.tar")

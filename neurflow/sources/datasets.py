@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import NeurFlowError
 from ..options import TRANSFORMS
 from .schemes import DATA_SCHEMES
+from .shards import ShardImages, decode_bytes, index_shards, shard_paths
 from .stream import FolderImages, ImageSource, TensorImages, Unreadable
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PIL_MODES = {1: "L", 3: "RGB"}  # the channel counts image files are read into
+SHARDS = "wds:"  # WebDataset tar shards (sources/shards.py)
 
 
 @dataclass
@@ -159,6 +161,8 @@ def load_data(spec: str, transform: str | None = None, channels: int | None = No
         raise NeurFlowError("transform", " or ".join(TRANSFORMS), transform)
     if not isinstance(spec, str) or not spec:
         raise NeurFlowError("data", "a data spec (an image folder, a .pt file or SCHEME:NAME)", spec)
+    if spec.startswith(SHARDS):  # built in, like folders: the transform and channels apply
+        return _from_shards(spec[len(SHARDS) :], transform or "imagenet", channels)
     found = _SCHEMES.lookup(spec)
     if found is not None:
         loader, rest = found
@@ -282,6 +286,24 @@ def _from_folder(path: Path, transform: str, channels: int | None = None) -> Dat
     source = FolderImages(path, files, lab, decode, f"{transform}|{channels}")
     source.image_shape  # noqa: B018 - the first readable image: an all-unreadable folder is one line now
     return Dataset(source, lab, names, files, 0, str(path), transform=transform)
+
+
+def _from_shards(pattern: str, transform: str, channels: int | None = None) -> Dataset:
+    """WebDataset tar shards, indexed (``shards``): their images decoded when the run asks."""
+    paths = shard_paths(pattern)
+    samples, labels, skipped = index_shards(paths, IMAGE_EXT)
+    if not samples:
+        raise NeurFlowError(
+            "data", "tar shards with image members", f"{SHARDS}{pattern}", f"extensions {', '.join(sorted(IMAGE_EXT))}"
+        )
+    fn = imagenet_transform if transform == "imagenet" else plain_transform
+    channels = _folder_channels(channels, paths[0], transform)
+    decode = functools.partial(decode_bytes, fn=fn, channels=channels, to_mode=to_mode)
+    lab = torch.tensor(labels) if all(v is not None for v in labels) else None
+    source = ShardImages(paths, samples, lab, decode, f"{transform}|{channels}")
+    source.image_shape  # noqa: B018 - the first readable image: all unreadable is one line now
+    files = [source.name_of(i) for i in range(len(source))]
+    return Dataset(source, lab, None, files, skipped, f"{SHARDS}{pattern}", transform=transform)
 
 
 def _folder_channels(channels: int | None, path: Path, transform: str) -> int:

@@ -162,7 +162,9 @@ MODEL_FALLBACKS = {
 }
 DATA_FALLBACKS = {
     "path": "FOLDER or FILE.pt - an image folder (one sub-folder per class, or flat) or a .pt file "
-    "with an image tensor [N, 3, H, W] or a dict with 'images' and 'labels'"
+    "with an image tensor [N, 3, H, W] or a dict with 'images' and 'labels'",
+    "wds": "wds:PATTERN - WebDataset tar shards, brace patterns as webdataset takes them "
+    "(wds:data/train-{000..009}.tar): each sample's image, its label from a .cls member",
 }
 
 

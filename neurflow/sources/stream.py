@@ -122,14 +122,16 @@ class ImageSource(torch.utils.data.Dataset):
         this one); a progress bar in images/s unless ``quiet``."""
         order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         with progress(len(order), desc, quiet, unit="img") as bar:
-            for idx, items in self._decoded(order, batch_size, workers):
-                good = []
-                for i, x, err in items:
-                    if x is None:
+            for idx, (kept, stacked, items) in self._decoded(order, batch_size, workers):
+                for i, err in items:  # the unreadable ones (or, images of unequal sizes, every item)
+                    if isinstance(err, str):
                         self._skip(i, Unreadable(err))
-                    else:
-                        good.append((i, self._checked(x, i)))
                 bar.update(len(idx))
+                if stacked is not None:  # one tensor from the worker (one shared-memory block)
+                    self._checked(stacked[0], int(kept[0]))
+                    yield kept, stacked.float() if stacked.dtype != torch.float32 else stacked
+                    continue
+                good = [(i, self._checked(x, i)) for i, x in items if isinstance(x, torch.Tensor)]
                 if good:
                     yield np.asarray([i for i, _ in good], dtype=np.int64), torch.stack([x for _, x in good])
 
@@ -138,10 +140,10 @@ class ImageSource(torch.utils.data.Dataset):
         chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         if workers <= 0:
             for c in chunks:
-                yield c, [_read_safe(self, int(i)) for i in c]
+                yield c, _collate([_read_safe(self, int(i)) for i in c])
             return
         loader = torch.utils.data.DataLoader(
-            _Safe(self), batch_sampler=[c.tolist() for c in chunks], num_workers=workers, collate_fn=_as_list
+            _Safe(self), batch_sampler=[c.tolist() for c in chunks], num_workers=workers, collate_fn=_collate
         )
         yield from zip(chunks, loader)
 
@@ -192,8 +194,15 @@ class _Safe(torch.utils.data.Dataset):
         return _read_safe(self.source, int(i))
 
 
-def _as_list(items):
-    return items
+def _collate(items):
+    """A batch of ``_read_safe`` items as (indices read, their images stacked, [(index, error)]): one
+    tensor crosses from a worker, not one per image; images of unequal sizes come back unstacked,
+    as (None, None, [(index, image or error)]), for the main process to refuse."""
+    good = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, err) for i, x, err in items if x is None]
+    if good and len({tuple(x.shape) for _, x in good}) == 1:
+        return np.asarray([i for i, _ in good], dtype=np.int64), torch.stack([x for _, x in good]), bad
+    return None, None, bad + good
 
 
 class TensorImages(ImageSource):
