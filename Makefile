@@ -27,7 +27,7 @@ $(DEMO_STAMP): pyproject.toml
 	touch $@
 
 $(FULL_STAMP): $(DEMO_STAMP)
-	$(PIP) install -e '.[test,imagenet,eval,timm,dev,ray,wds]'
+	$(PIP) install -e '.[test,imagenet,eval,timm,dev,ray,wds,hf]'
 	touch $@
 
 # pytest exits with 5 when it collects no tests; that counts as success here.

@@ -137,28 +137,25 @@ def second_class(folder: Path, cache: Path) -> dict:
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     os.environ["NEURFLOW_CACHE"] = str(cache)
-    settings = dict(tau=4, top_k=10, ig_steps=8, granularities=(1.0,))
+    settings = dict(tau=4, top_k=10, ig_steps=8)
     layers = ["fc", "layer4.1", "layer4.0"]
-    out = {}
-    for which, target in (("first", None), ("second", None)):
+    out: dict = {}
+    first = None
+    for which in ("first", "second"):
         data = load_data(str(folder))
-        seen = []
+        seen: list = []
         real = data.images.decode
         data.images.decode = lambda f, real=real, seen=seen: (seen.append(f), real(f))[1]
-        if target is None:
+        if first is None:  # the class most predicted on a few images
+            with torch.no_grad():
+                target = first = int(model(data.images.take(range(32))[0]).argmax(1).mode().values)
+        else:  # the most predicted other class (from the cached predictions)
             from neurflow.method.predictions import cache_root
 
-            classes = None
-            for f in (cache_root() / "predictions").glob("*.npz"):
-                classes = np.load(f)["classes"]
-            if classes is None:  # the first class: the most predicted
-                with torch.no_grad():
-                    x = data.images.take(range(32))[0]
-                    target = int(model(x).argmax(1).mode().values)
-            else:  # the second: the second most predicted class
-                counts = np.bincount(classes[classes >= 0])
-                order = np.argsort(-counts)
-                target = int(order[1]) if counts[order[1]] else int(order[0])
+            (entry,) = (cache_root() / "predictions").glob("*.npz")
+            counts = np.bincount(np.load(entry)["classes"].clip(0), minlength=1000)
+            counts[first] = 0
+            target = int(counts.argmax())
         t = time.perf_counter()
         nf = neurflow.NeurFlow(**settings).fit(model, data.images, target, layers)
         out[which] = {

@@ -288,3 +288,63 @@ def test_webdataset_patterns_that_match_nothing_or_miss_a_shard_are_one_line(tmp
         load_data(f"wds:{tmp_path}/nothing-{{0..3}}.tar")
     with pytest.raises(NeurFlowError, match="1 shard missing"):
         load_data(f"wds:{tmp_path}/wds/part-{{000..001}}.tar")
+
+
+def hf_dataset(path, root, with_image=True):
+    """The images of the folder ``root`` as a Hugging Face dataset saved with ``save_to_disk``."""
+    import datasets  # the hf extra, installed with the tests (Makefile)
+
+    data = load_data(str(root), "none")
+    rows = {"label": [int(v) for v in data.labels]}
+    feats = {"label": datasets.ClassLabel(names=data.class_names)}
+    if with_image:
+        rows["image"] = [str(root / f) for f in data.files]
+        feats["image"] = datasets.Image()
+    else:
+        rows["path"] = [str(root / f) for f in data.files]
+        feats["path"] = datasets.Value("string")
+    datasets.Dataset.from_dict(rows, features=datasets.Features(feats)).save_to_disk(str(path))
+    return path
+
+
+def test_an_hf_dataset_gives_the_folders_images_labels_names_and_circuit(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    root = folder(tmp_path / "imgs")
+    hf_dataset(tmp_path / "hf", root)
+    hf, files = load_data(f"hf:{tmp_path}/hf", "none"), load_data(str(root), "none")
+    assert len(hf.images) == 24 and torch.equal(hf.labels, files.labels) and hf.class_names == ["a", "b"]
+    assert torch.equal(hf.images.decoded(), files.images.decoded())
+    assert hf.images.cache_key().startswith("hf:") and hf.info["image_column"] == "image"
+    torch.manual_seed(0)
+    model = tiny_net().eval()
+    target = _targets(model, files.images.decoded())[0]
+    neurflow.NeurFlow(**SETTINGS).fit(model, hf.images, target, LAYERS, out=tmp_path / "a")
+    neurflow.NeurFlow(**SETTINGS).fit(model, files.images, target, LAYERS, out=tmp_path / "b")
+    assert (tmp_path / "a/arrays.npz").read_bytes() == (tmp_path / "b/arrays.npz").read_bytes()
+
+
+def test_an_hf_dataset_without_an_image_column_names_its_columns(tmp_path):
+    root = folder(tmp_path / "imgs", n=4)
+    hf_dataset(tmp_path / "hf", root, with_image=False)
+    with pytest.raises(NeurFlowError, match=r"^image_column.*columns: label \(ClassLabel\), path \(Value\)"):
+        load_data(f"hf:{tmp_path}/hf", "none")
+    with pytest.raises(NeurFlowError, match="^data.*offline"):
+        load_data(f"hf:{tmp_path}/no-such-dataset")
+
+
+def test_the_cli_runs_on_hf_data_with_chosen_columns_and_reopens_it(tmp_path, monkeypatch, capsys):
+    from neurflow.cli.main import main
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    hf_dataset(tmp_path / "hf", folder(tmp_path / "imgs", n=12))
+    (tmp_path / "m.py").write_text("from conftest import tiny_net\n\ndef build():\n    return tiny_net()\n")
+    argv = ["run", "--model", f"{tmp_path}/m.py:build", "--data", f"hf:{tmp_path}/hf", "--transform", "none",
+            "--image-column", "image", "--label-column", "label", "--selection", "labelled", "--target", "1",
+            "--layers", ",".join(LAYERS), "--tau", "3", "--top-k", "6", "--ig-steps", "8", "--granularities", "1,0.5",
+            "--data-workers", "0", "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "out/circuit.json").read_text())["meta"]
+    assert meta["data_columns"] == ["image", "label"] and meta["n_class_images"] == 6
+    capsys.readouterr()
+    assert main(["debug", str(tmp_path / "out"), "--image", "7", "--json"]) == 0  # reopens the hf: data
+    assert json.loads(capsys.readouterr().out)["image"]["label"] == 1

@@ -196,7 +196,9 @@ class Run:
                 "this run recorded no data spec (made from Python?); pass {p:data}",
             )
         # the channels the run fed its model: greyscale files read as it read them, tensors converted alike
-        data = load_data(spec, r.transform if r.data else (r.transform or prov.transform), prov.image_channels or None)
+        columns = prov.extra.get("data_columns") or [None, None] if not r.data else [None, None]
+        transform = r.transform if r.data else (r.transform or prov.transform)
+        data = load_data(spec, transform, prov.image_channels or None, *columns)
         # a folder's identity is its listing; a run recorded before that kept a pixel hash, which the
         # class images' hash (class_selection) stands in for
         recorded = prov.data_hash or ""

@@ -41,8 +41,9 @@ def cmd_run(args) -> int:
 
     cfg = from_flags(NeurFlowConfig, args)
     loaded, data, layers = load_inputs(
-        args.model, args.weights, args.trust_checkpoint, cfg.seed, split_names(args.layers), args.data, args.transform
-    )
+        args.model, args.weights, args.trust_checkpoint, cfg.seed, split_names(args.layers), args.data, args.transform,
+        args.image_column, args.label_column,
+    )  # fmt: skip
     if args.plan:
         from .._state import running  # lazy: --help loads no torch
         from ..method.preview import describe, plan_run  # lazy: --help loads no torch

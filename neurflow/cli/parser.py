@@ -86,6 +86,8 @@ def add_run(sub, models_help: str, data_help: str) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--image-column", help="hf: data: the column of images (default: the first Image feature)")
+    p.add_argument("--label-column", help="hf: data: the column of labels (default: the first ClassLabel feature)")
     p.add_argument(
         "--plan",
         action="store_true",

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import NeurFlowError
 from ..options import TRANSFORMS
+from . import hf_data
 from .schemes import DATA_SCHEMES
 from .shards import ShardImages, decode_bytes, index_shards, shard_paths
 from .stream import FolderImages, ImageSource, TensorImages, Unreadable
@@ -35,6 +36,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PIL_MODES = {1: "L", 3: "RGB"}  # the channel counts image files are read into
 SHARDS = "wds:"  # WebDataset tar shards (sources/shards.py)
+HF = "hf:"  # a Hugging Face datasets dataset (sources/hf_data.py)
 
 
 @dataclass
@@ -154,13 +156,18 @@ def _values(t, what: str, where: str):
 _SCHEMES = DATA_SCHEMES
 
 
-def load_data(spec: str, transform: str | None = None, channels: int | None = None) -> Dataset:
-    """``transform`` ("imagenet" or "none") applies to image folders; a scheme's data comes
-    prepared by the scheme (and is given ``channels``, when they are given, as tensor files are)."""
+def load_data(spec: str, transform: str | None = None, channels: int | None = None,
+              image_column: str | None = None, label_column: str | None = None) -> Dataset:  # fmt: skip
+    """``transform`` ("imagenet" or "none") applies to image folders, tar shards and ``hf:``
+    datasets; a scheme's data comes prepared by the scheme (and is given ``channels``, when they
+    are given, as tensor files are).  ``image_column``/``label_column``: an ``hf:`` dataset's
+    columns (default: detected)."""
     if transform is not None and transform not in TRANSFORMS:
         raise NeurFlowError("transform", " or ".join(TRANSFORMS), transform)
     if not isinstance(spec, str) or not spec:
         raise NeurFlowError("data", "a data spec (an image folder, a .pt file or SCHEME:NAME)", spec)
+    if spec.startswith(HF):  # built in, like folders: the transform and channels apply
+        return _from_hf(spec[len(HF) :], transform or "imagenet", channels, image_column, label_column)
     if spec.startswith(SHARDS):  # built in, like folders: the transform and channels apply
         return _from_shards(spec[len(SHARDS) :], transform or "imagenet", channels)
     found = _SCHEMES.lookup(spec)
@@ -286,6 +293,28 @@ def _from_folder(path: Path, transform: str, channels: int | None = None) -> Dat
     source = FolderImages(path, files, lab, decode, f"{transform}|{channels}")
     source.image_shape  # noqa: B018 - the first readable image: an all-unreadable folder is one line now
     return Dataset(source, lab, names, files, 0, str(path), transform=transform)
+
+
+def _from_hf(name: str, transform: str, channels, image_column, label_column) -> Dataset:
+    """A Hugging Face dataset (``hf_data``), its images decoded when the run asks."""
+    ds, split = hf_data.open_split(name)
+    image_column, label_column = hf_data.columns(ds, image_column, label_column)
+    fn = imagenet_transform if transform == "imagenet" else plain_transform
+    channels = _folder_channels(channels, Path(name), transform)
+    prepare = functools.partial(_prepared, fn=fn, channels=channels)
+    lab = torch.as_tensor(ds[label_column]).long() if label_column else None
+    source = hf_data.HFImages(ds, image_column, lab, prepare, f"{transform}|{channels}", split)
+    source.image_shape  # noqa: B018 - the first readable image: all unreadable is one line now
+    names = hf_data.class_names(ds, label_column)
+    info = {"image_column": image_column, "label_column": label_column, "split": split}
+    return Dataset(source, lab, names, None, 0, f"{HF}{name}", info=info, transform=transform)
+
+
+def _prepared(img, fn, channels: int) -> torch.Tensor:
+    img = to_mode(img, channels)
+    if min(img.size) < 8:
+        raise Unreadable("image smaller than 8 px")
+    return fn(img)
 
 
 def _from_shards(pattern: str, transform: str, channels: int | None = None) -> Dataset:

@@ -14,7 +14,7 @@ from .schemes import DATA_SCHEMES, MODEL_SCHEMES
 
 
 def load_inputs(model: str, weights, trust_checkpoint: bool, seed: int, layers: Sequence[str] | None, data: str,
-                transform):  # fmt: skip
+                transform, image_column: str | None = None, label_column: str | None = None):  # fmt: skip
     """(LoadedModel, Dataset, layers): ``layers`` default to the model's own list (the paper's
     layers of a torchvision architecture, a zoo model's); none at all is a one-line error.  The
     data gets the model's input channels (``input_channels``)."""
@@ -27,7 +27,8 @@ def load_inputs(model: str, weights, trust_checkpoint: bool, seed: int, layers: 
             None,
             f"run `neurflow layers {model}` to list them",
         )
-    return loaded, load_data(data, transform, input_channels(loaded.model)), names
+    found = load_data(data, transform, input_channels(loaded.model), image_column, label_column)
+    return loaded, found, names
 
 
 def absolute_spec(spec, schemes):
@@ -54,4 +55,7 @@ def run_provenance(loaded, weights, data_spec: str, data):
         data_skipped=data.skipped,  # the scheme's own count: fit adds the images found unreadable
         files=tuple(data.files) if data.files else None,
         data_hash=data.images.identity(),  # a folder: its listing (paths, sizes, mtimes), not its pixels
+        extra={"data_columns": [data.info["image_column"], data.info["label_column"]]}
+        if "image_column" in data.info
+        else {},
     )

@@ -165,6 +165,8 @@ DATA_FALLBACKS = {
     "with an image tensor [N, 3, H, W] or a dict with 'images' and 'labels'",
     "wds": "wds:PATTERN - WebDataset tar shards, brace patterns as webdataset takes them "
     "(wds:data/train-{000..009}.tar): each sample's image, its label from a .cls member",
+    "hf": "hf:DIR_OR_NAME[:SPLIT] - a Hugging Face datasets dataset, local only (save_to_disk, data files or "
+    "the cache): image and label columns detected (--image-column, --label-column), class names from ClassLabel",
 }
 
 
