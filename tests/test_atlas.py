@@ -473,7 +473,14 @@ def test_index_html_in_headless_chromium(serial):
         page.wait_for_function("window.__atlasReady === true", timeout=60_000)
         links = page.eval_on_selector_all("a.report-link", "els => els.map(e => e.getAttribute('href'))")
         assert len(links) == n and all((out / href).is_file() for href in links), links
-        assert page.locator("#heatmap [data-cell]").count() == n * n
+        side = int(page.get_attribute("#heatmap", "data-cell-width"))
+        assert page.eval_on_selector("#heatmap", "c => [c.width, c.height]") == [n * side, n * side]
+        box = page.locator("#heatmap").bounding_box()
+        page.mouse.move(box["x"] + side / 2, box["y"] + 1.5 * side)  # row 1, column 0 of the ordered matrix
+        i, j = (atlas["order"][1], atlas["order"][0])
+        assert page.get_attribute("#heatmap", "data-cell") == "1,0"
+        tip = page.inner_text("#tip")
+        assert f"similarity {atlas['similarity'][i][j]:.3f}" in tip, tip
         text = page.inner_text("body")
         assert all(name in text for name in NAMES) and "Spearman" in text
         imgs = page.eval_on_selector_all(".card img", "els => els.map(e => e.naturalWidth)")
@@ -485,3 +492,54 @@ def test_index_html_in_headless_chromium(serial):
     assert not errors, errors
     offsite = [u for u in requests if not (u.startswith("file://") or u.startswith("data:"))]
     assert not offsite, offsite
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (make test installs it)")
+def test_index_html_of_1000_classes_draws_on_canvases(tmp_path):
+    """A synthetic atlas of 1,000 classes: the similarity matrix and the incidence are canvases (no DOM
+    element per cell: a million would freeze the page), each cell painted with its value's colour."""
+    from playwright.sync_api import sync_playwright
+
+    from neurflow.atlas.page import render
+
+    n, k = 1000, 64
+    rng = np.random.RandomState(0)
+    sim = rng.rand(n, n).round(3)
+    sim = ((sim + sim.T) / 2).round(3)
+    np.fill_diagonal(sim, 1.0)
+    weights = (rng.rand(n, k) * (rng.rand(n, k) < 0.1)).round(4)
+    atlas = {
+        "model": "synthetic", "data": "synthetic", "layers": ["fc", "layer4", "layer3"], "failed": [],
+        "classes": [{"target": i, "name": f"class {i}", "n_class_images": 5, "nodes": {"fc": 1, "layer4": 8},
+                     "report": f"classes/{i}/report.html"} for i in range(n)],
+        "order": list(range(n))[::-1], "similarity": sim.tolist(), "confusion": None,
+        "confusion_correlation": {}, "incidence": {"layer4": {"neurons": list(range(k)), "weights": weights.tolist()}},
+        "shared": {"layer4": []},
+    }  # fmt: skip
+    (tmp_path / "index.html").write_text(render(atlas, {}))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((tmp_path / "index.html").resolve().as_uri())
+        page.wait_for_function("window.__atlasReady === true", timeout=120_000)
+        assert page.evaluate("document.querySelectorAll('*').length") < 20 * n  # the table's rows, not n * n cells
+        assert page.eval_on_selector("#heatmap", "c => [c.width, c.height]") == [n, n]  # 1 px a cell
+        # the cell (row 10, column 20) of the ordered matrix holds similarity[order[10]][order[20]]
+        painted = page.eval_on_selector(
+            "#heatmap", "c => Array.from(c.getContext('2d').getImageData(20, 10, 1, 1).data)"
+        )
+        expected = page.evaluate(
+            "v => { const c = document.createElement('canvas').getContext('2d'); "
+            "c.fillStyle = `hsl(210, 70%, ${Math.round(97 - 62 * v)}%)`; c.fillRect(0, 0, 1, 1); "
+            "return Array.from(c.getImageData(0, 0, 1, 1).data); }",
+            float(sim[n - 1 - 10][n - 1 - 20]),
+        )
+        assert painted == expected
+        inc = page.eval_on_selector("canvas.inc", "c => [c.width, c.height]")
+        assert inc == [k * 8, n]
+        browser.close()
+    assert not errors, errors

@@ -19,7 +19,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .wrap { display: flex; gap: 6px; align-items: flex-start; }
 .rows { display: grid; gap: 1px; }
 .rows div { height: 18px; font-size: 11px; white-space: nowrap; text-align: right; }
-.inc div { width: 8px; height: 10px; }
+canvas { image-rendering: pixelated; cursor: crosshair; }
 .shared { display: flex; flex-wrap: wrap; gap: 10px; }
 .card { border: 1px solid #ccc; border-radius: 4px; padding: 6px; max-width: 420px; }
 .card img { width: 48px; height: 48px; image-rendering: pixelated; margin: 1px; }
@@ -37,7 +37,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 <p class="muted">Weighted Jaccard of the classes' core weights, averaged over the layers (docs/atlas.md);
 classes ordered by an average-linkage clustering of 1 - similarity; darker is more similar (hover a cell for its values).
 <span id="corr"></span></p>
-<div class="wrap"><div id="hm-rows" class="rows"></div><div id="heatmap" class="grid"></div></div>
+<div class="wrap"><div id="hm-rows" class="rows"></div><canvas id="heatmap"></canvas></div>
 <h2>Core neurons per layer</h2>
 <div id="layers"></div>
 <div id="tip"></div>
@@ -54,11 +54,6 @@ const $ = (tag, attrs = {}, text) => {
   return e;
 };
 const tip = document.getElementById("tip");
-const hover = (el, text) => {
-  el.addEventListener("mousemove", ev => { tip.textContent = text; tip.style.display = "block";
-    tip.style.left = (ev.clientX + 12) + "px"; tip.style.top = (ev.clientY + 12) + "px"; });
-  el.addEventListener("mouseleave", () => { tip.style.display = "none"; });
-};
 const plural = (n, noun, many) => `${n} ${n === 1 ? noun : many || noun + "s"}`;  // "1 class", "2 classes"
 const cname = c => (c.name === null || c.name === undefined) ? String(c.target) : c.name;
 const colour = (v, hue = 210) => `hsl(${hue}, 70%, ${Math.round(97 - 62 * Math.max(0, Math.min(1, v)))}%)`;
@@ -88,18 +83,32 @@ document.getElementById("corr").textContent = cc.spearman === null || cc.spearma
   ? "No confusion correlation (no labels, or too few classes)."
   : `Agreement with the model's symmetrised confusion rate: Spearman ${cc.spearman.toFixed(3)} over ${cc.pairs} class pairs, Mantel permutation p = ${cc.p_value.toPrecision(3)} (${cc.permutations} permutations).`;
 const n = A.classes.length, order = A.order;
-const hm = document.getElementById("heatmap"), rows = document.getElementById("hm-rows");
-hm.style.gridTemplateColumns = `repeat(${n}, 18px)`;
-order.forEach(i => {
-  rows.append($("div", {}, cname(A.classes[i])));
-  order.forEach(j => {
-    const v = A.similarity[i][j];
-    const cell = $("div", {class: "cell", "data-cell": `${i},${j}`});
-    cell.style.background = colour(v);
-    const conf = A.confusion ? `; confusion ${A.confusion.symmetrised_rate[i][j].toFixed(4)}` : "";
-    hover(cell, `${cname(A.classes[i])} / ${cname(A.classes[j])}: similarity ${v.toFixed(3)}${conf}`);
-    hm.append(cell);
+// a canvas, one rectangle per cell (1,000 classes are a million cells: no DOM element each); the
+// cell under the pointer is found from its position (data-cell on the canvas: the one hovered last)
+const paint = (canvas, nrows, ncols, cw, ch, fill, text) => {
+  canvas.width = ncols * cw; canvas.height = nrows * ch;
+  canvas.dataset.rows = nrows; canvas.dataset.cols = ncols; canvas.dataset.cellWidth = cw; canvas.dataset.cellHeight = ch;
+  const g = canvas.getContext("2d");
+  for (let r = 0; r < nrows; r++) for (let c = 0; c < ncols; c++) {
+    g.fillStyle = fill(r, c); g.fillRect(c * cw, r * ch, cw - (cw > 3 ? 1 : 0), ch - (ch > 3 ? 1 : 0));
+  }
+  canvas.addEventListener("mousemove", ev => {
+    const b = canvas.getBoundingClientRect();
+    const c = Math.floor((ev.clientX - b.left) / cw), r = Math.floor((ev.clientY - b.top) / ch);
+    if (r < 0 || c < 0 || r >= nrows || c >= ncols) return;
+    canvas.dataset.cell = `${r},${c}`;
+    tip.textContent = text(r, c); tip.style.display = "block";
+    tip.style.left = (ev.clientX + 12) + "px"; tip.style.top = (ev.clientY + 12) + "px";
   });
+  canvas.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+};
+const side = Math.max(1, Math.min(18, Math.floor(900 / Math.max(1, n))));  // the matrix fits about 900 px
+const hm = document.getElementById("heatmap"), rows = document.getElementById("hm-rows");
+if (side >= 10) order.forEach(i => { const d = $("div", {}, cname(A.classes[i])); d.style.height = (side - 1) + "px"; d.style.marginBottom = "1px"; rows.append(d); });
+paint(hm, n, n, side, side, (r, c) => colour(A.similarity[order[r]][order[c]]), (r, c) => {
+  const i = order[r], j = order[c];
+  const conf = A.confusion ? `; confusion ${A.confusion.symmetrised_rate[i][j].toFixed(4)}` : "";
+  return `${cname(A.classes[i])} / ${cname(A.classes[j])}: similarity ${A.similarity[i][j].toFixed(3)}${conf}`;
 });
 // per layer: incidence and shared neurons
 const box = document.getElementById("layers");
@@ -108,18 +117,15 @@ Object.entries(A.incidence).forEach(([layer, inc]) => {
   box.append($("p", {class: "muted"}, "Class x neuron incidence: darker is a larger core weight (hover a cell)."));
   const wrap = $("div", {class: "wrap"});
   const r = $("div", {class: "rows"});
-  const g = $("div", {class: "grid inc", "data-layer": layer});
-  g.style.gridTemplateColumns = `repeat(${inc.neurons.length}, 8px)`;
-  const top = Math.max(1e-9, ...inc.weights.flat());
-  order.forEach(i => {
-    const d = $("div", {}, cname(A.classes[i])); d.style.height = "10px"; d.style.fontSize = "9px"; r.append(d);
-    inc.weights[i].forEach((w, k) => {
-      const cell = $("div");
-      cell.style.background = w > 0 ? colour(0.25 + 0.75 * w / top, 20) : "#fff";
-      hover(cell, `${cname(A.classes[i])}, neuron ${inc.neurons[k]}: weight ${w.toFixed(4)}`);
-      g.append(cell);
-    });
-  });
+  const g = $("canvas", {class: "inc", "data-layer": layer});
+  let top = 1e-9;
+  inc.weights.forEach(row => row.forEach(w => { if (w > top) top = w; }));
+  const ch = Math.max(1, Math.min(10, Math.floor(900 / Math.max(1, n)))), cw = Math.max(1, Math.min(8, Math.floor(1200 / Math.max(1, inc.neurons.length))));
+  if (ch >= 8) order.forEach(i => { const d = $("div", {}, cname(A.classes[i])); d.style.height = (ch - 1) + "px"; d.style.marginBottom = "1px"; d.style.fontSize = "9px"; r.append(d); });
+  paint(g, n, inc.neurons.length, cw, ch, (row, k) => {
+    const w = inc.weights[order[row]][k];
+    return w > 0 ? colour(0.25 + 0.75 * w / top, 20) : "#fff";
+  }, (row, k) => `${cname(A.classes[order[row]])}, neuron ${inc.neurons[k]}: weight ${inc.weights[order[row]][k].toFixed(4)}`);
   wrap.append(r, g); box.append(wrap);
   const shared = $("div", {class: "shared", "data-shared": layer});
   // only neurons core for two classes or more are shared: the heading never claims sharing that is not there
