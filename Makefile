@@ -66,6 +66,7 @@ bench: venv
 		$(PY) benchmarks/bench_core.py --workload $$w --auto-steps --json benchmarks/results/$$w.json || exit 1; done
 	$(PY) benchmarks/bench_core.py --workload fashion --adaptive-eps 0.05 --json benchmarks/results/fashion-adaptive.json
 	$(PY) benchmarks/bench_start.py --json benchmarks/results/start.json
+	$(PY) benchmarks/bench_data.py --json benchmarks/results/data.json
 
 clean-venv:
 	rm -rf $(VENV)

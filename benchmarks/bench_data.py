@@ -137,7 +137,7 @@ def second_class(folder: Path, cache: Path) -> dict:
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     os.environ["NEURFLOW_CACHE"] = str(cache)
-    settings = dict(tau=4, top_k=10, ig_steps=8)
+    settings = dict(tau=4, top_k=5, ig_steps=8, granularities=(1.0, 0.5))
     layers = ["fc", "layer4.1", "layer4.0"]
     out: dict = {}
     first = None
